@@ -1,0 +1,40 @@
+# mdgate: `make demo` runs the main job, `make test` runs the tests. Both set up .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Find a Python 3.12: PYTHON312 if given, else python3.12 on PATH, else a pyenv install.
+PYTHON312 ?= $(shell for c in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
+	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; assert sys.version_info[:2]==(3,12)' >/dev/null 2>&1; then command -v $$c; break; fi; done)
+
+.PHONY: venv test test-all demo lint data clean benchmark
+
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if [ -z "$(PYTHON312)" ]; then echo "error: Python 3.12 not found. Install it (e.g. 'pyenv install 3.12') or pass PYTHON312=/path/to/python3.12" >&2; exit 2; fi; \
+	  echo "creating $(VENV) with $(PYTHON312)"; $(PYTHON312) -m venv $(VENV); fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q
+
+test-all: venv
+	$(PY) -m pytest -q -m ''
+
+demo: venv
+	$(VENV)/bin/mdgate demo
+
+benchmark: venv
+	$(PY) benchmarks/md_throughput.py
+
+data: venv
+	$(PY) scripts/make_molecule_set.py
+
+lint: venv
+	$(VENV)/bin/ruff check mdgate registry flows tests scripts benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

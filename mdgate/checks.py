@@ -1,0 +1,247 @@
+"""Checks: turn recorded trajectories and reference-set predictions into measured values,
+bounds and pass/fail. A failing model is data here, never an exception."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mdgate.config import Bound, Criteria
+from mdgate.md import Trajectory
+from mdgate.results import AccuracyResult, CheckResult, FailureInfo, MoleculeResult, ReplicaResult
+
+# ---------------------------------------------------------------------------- metric functions
+
+
+def drift_slope_meV_per_atom_per_ps(time_ps: np.ndarray, e_tot_eV: np.ndarray, n_atoms: int) -> float:
+    """Slope of a least-squares line through E_tot(t), in meV/atom/ps (signed)."""
+    t = np.asarray(time_ps, float)
+    e = np.asarray(e_tot_eV, float)
+    if t.size < 2 or np.ptp(t) == 0:
+        return float("nan")
+    slope_eV_per_ps = np.polyfit(t, e, 1)[0]
+    return float(slope_eV_per_ps * 1000.0 / n_atoms)
+
+
+def max_energy_deviation_meV_per_atom(e_tot_eV: np.ndarray, n_atoms: int) -> float:
+    """max_t |E_tot(t) − E_tot(0)| in meV/atom."""
+    e = np.asarray(e_tot_eV, float)
+    return float(np.max(np.abs(e - e[0])) * 1000.0 / n_atoms)
+
+
+def seed_figures(time_ps: np.ndarray, e_tot_eV: np.ndarray) -> dict[str, float]:
+    """The hand-made report's figures: energies and drifts in % of |E0|.
+
+    These depend on the energy zero (atom reference energies make them tiny), so they are
+    informational by default.
+    """
+    e = np.asarray(e_tot_eV, float)
+    e0, e1 = float(e[0]), float(e[-1])
+    duration = float(time_ps[-1] - time_ps[0]) if len(time_ps) > 1 else 0.0
+    total = abs(e1 - e0) / abs(e0) * 100.0 if e0 else float("nan")
+    return {
+        "initial_energy_eV": e0,
+        "final_energy_eV": e1,
+        "total_drift_percent": total,
+        "max_drift_percent": float(np.max(np.abs(e - e0)) / abs(e0) * 100.0) if e0 else float("nan"),
+        "drift_rate_percent_per_ps": total / duration if duration > 0 else float("nan"),
+    }
+
+
+def drift_over_kinetic_std(time_ps: np.ndarray, e_tot_eV: np.ndarray, e_kin_eV: np.ndarray) -> float:
+    """|fitted drift over the run| / σ(E_kin): drift against the natural energy fluctuation."""
+    t = np.asarray(time_ps, float)
+    if t.size < 3:
+        return float("nan")
+    slope = np.polyfit(t, np.asarray(e_tot_eV, float), 1)[0]
+    sigma = float(np.std(e_kin_eV))
+    return float(abs(slope) * np.ptp(t) / sigma) if sigma > 0 else float("nan")
+
+
+def bond_deviation_A(positions0: np.ndarray, positions: np.ndarray, bonds: np.ndarray) -> float:
+    """Largest |r_ij(t) − r_ij(0)| over the bonds, in Å."""
+    if len(bonds) == 0:
+        return 0.0
+    d0 = np.linalg.norm(positions0[bonds[:, 0]] - positions0[bonds[:, 1]], axis=1)
+    d = np.linalg.norm(positions[bonds[:, 0]] - positions[bonds[:, 1]], axis=1)
+    return float(np.max(np.abs(d - d0)))
+
+
+def force_accuracy(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Force R² over all components, MAE and RMSE (eV/Å). Arrays ``[n, 3]`` flattened."""
+    p, r = np.ravel(pred), np.ravel(ref)
+    ss_res = float(np.sum((p - r) ** 2))
+    ss_tot = float(np.sum((r - r.mean()) ** 2))
+    return {
+        "force_r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        "force_mae_eV_per_A": float(np.mean(np.abs(p - r))),
+        "force_rmse_eV_per_A": float(np.sqrt(np.mean((p - r) ** 2))),
+    }
+
+
+# -------------------------------------------------------------------------------- evaluation
+
+
+def _check(name: str, value: float | None, unit: str, spec: Bound, *, lower: bool = False,
+           step: int | None = None, time_ps: float | None = None, note: str = "") -> CheckResult:
+    """Compare ``value`` with ``spec.bound`` (``lower``: the value must be >= the bound)."""
+    if value is None or not np.isfinite(value):
+        passed: bool | None = False if spec.bound is not None else None
+        note = note or "not measurable"
+        value = None
+    elif spec.bound is None:
+        passed = None
+    else:
+        passed = bool(value >= spec.bound) if lower else bool(value <= spec.bound)
+    return CheckResult(name=name, value=value, unit=unit, bound=spec.bound,
+                       comparison=">=" if lower else "<=", passed=passed,
+                       required=spec.required and spec.bound is not None,
+                       step=step, time_ps=time_ps, note=note)
+
+
+#: Fewer records than this after an early stop: the drift slope is not measured.
+MIN_RECORDS_FOR_SLOPE = 20
+
+_MD_UNITS = {
+    "max_force_eV_per_A": "eV/Å",
+    "max_temperature_K": "K",
+    "max_bond_deviation_A": "Å",
+    "drift_slope_meV_per_atom_per_ps": "meV/atom/ps",
+    "max_energy_deviation_meV_per_atom": "meV/atom",
+    "total_drift_percent": "%",
+    "drift_over_kinetic_std": "",
+}
+
+
+def evaluate_trajectory(traj: Trajectory, criteria: Criteria) -> ReplicaResult:
+    """Measure one trajectory and apply the MD criteria to it."""
+    t = traj.time_ps
+    e = traj.e_tot_eV
+    n = traj.n_atoms
+    finite_rows = np.isfinite(e)
+    tf, ef = t[finite_rows], e[finite_rows]
+    ekf = np.asarray(traj.e_kin_eV)[finite_rows]
+    metrics: dict[str, float | None] = {}
+    if ef.size:
+        metrics.update(seed_figures(tf, ef))
+        metrics["drift_slope_meV_per_atom_per_ps"] = drift_slope_meV_per_atom_per_ps(tf, ef, n)
+        metrics["max_energy_deviation_meV_per_atom"] = max_energy_deviation_meV_per_atom(ef, n)
+        metrics["drift_over_kinetic_std"] = drift_over_kinetic_std(tf, ef, ekf)
+    metrics["max_force_eV_per_A"] = float(np.nanmax(traj.max_force_eV_per_A)) if traj.step else None
+    metrics["max_temperature_K"] = float(np.nanmax(traj.temperature_K)) if traj.step else None
+    metrics["mean_temperature_K"] = float(np.nanmean(traj.temperature_K)) if traj.step else None
+    metrics["max_bond_deviation_A"] = float(np.nanmax(traj.max_bond_deviation_A)) if traj.step else None
+    metrics["steps_done"] = float(traj.steps_done)
+    metrics["simulated_ps"] = traj.steps_done * traj.timestep_fs * 1e-3
+    metrics = {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in metrics.items()}
+
+    fail = traj.failure
+    failure = FailureInfo(check=fail.check, step=fail.step, time_ps=fail.time_ps,
+                          value=fail.value if np.isfinite(fail.value) else None) if fail else None
+
+    def at_failure(name: str) -> dict:
+        return {"step": fail.step, "time_ps": fail.time_ps} if fail and fail.check == name else {}
+
+    checks: list[CheckResult] = []
+    completed = traj.steps_done >= traj.steps_asked
+    if criteria.completion:
+        checks.append(CheckResult(
+            name="completion", value=traj.steps_done / traj.steps_asked, unit="fraction of steps",
+            bound=1.0, comparison=">=", passed=completed, required=True,
+            step=fail.step if fail else None, time_ps=fail.time_ps if fail else None,
+            note=f"stopped by {fail.check} at step {fail.step} ({fail.time_ps:.4f} ps)" if fail else ""))
+    if criteria.finite:
+        bad = bool(fail and fail.check == "finite")
+        checks.append(CheckResult(
+            name="finite", value=1.0 if bad else 0.0, unit="non-finite events", bound=0.0,
+            passed=not bad, required=True, **at_failure("finite")))
+    for name in ("max_force_eV_per_A", "max_temperature_K", "max_bond_deviation_A"):
+        checks.append(_check(name, metrics[name], _MD_UNITS[name], getattr(criteria, name),
+                             **at_failure(name)))
+    slope = metrics.get("drift_slope_meV_per_atom_per_ps")
+    drift = _check("drift_slope_meV_per_atom_per_ps", abs(slope) if slope is not None else None,
+                   _MD_UNITS["drift_slope_meV_per_atom_per_ps"], criteria.drift_slope_meV_per_atom_per_ps,
+                   note="" if completed else "measured on the part of the run before it stopped")
+    if not completed and len(tf) < MIN_RECORDS_FOR_SLOPE:
+        # A slope through a handful of points is noise; the completion check already fails.
+        drift = drift.model_copy(update={"passed": None, "note": f"not measured: stopped after {len(tf)} records"})
+    checks.append(drift)
+    name = "max_energy_deviation_meV_per_atom"
+    checks.append(_check(name, metrics.get(name), _MD_UNITS[name], criteria.max_energy_deviation_meV_per_atom,
+                         **at_failure(name)))
+    for name in ("total_drift_percent", "drift_over_kinetic_std"):
+        checks.append(_check(name, metrics.get(name), _MD_UNITS[name], getattr(criteria, name)))
+    stride = max(1, len(t) // 500)
+    series = {
+        "time_ps": [round(float(v), 6) for v in t[::stride]],
+        "e_tot_minus_e0_meV_per_atom": [
+            float(v) for v in ((e[::stride] - e[0]) * 1000.0 / n)] if e.size else [],
+        "temperature_K": [float(v) for v in np.asarray(traj.temperature_K)[::stride]],
+    }
+    return ReplicaResult(replica=traj.replica, steps_done=traj.steps_done, failure=failure,
+                         metrics=metrics, checks=checks, series=series)
+
+
+def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], steps_asked: int,
+                       n_atoms: int) -> MoleculeResult:
+    """Combine replicas: each check keeps its worst replica; passed = all required pass."""
+    checks = []
+    for k, first in enumerate(replicas[0].checks):
+        group = [r.checks[k] for r in replicas]
+        values = [c.value for c in group if c.value is not None]
+        failing = [c for c in group if c.passed is False]
+        worst = failing[0] if failing else first
+        if values:
+            value = min(values) if first.comparison == ">=" else max(values)
+        else:
+            value = None
+        checks.append(worst.model_copy(update={"value": value, "passed": (
+            None if all(c.passed is None for c in group) else not failing)}))
+    summary: dict[str, float | None] = {}
+    for key in replicas[0].metrics:
+        vals = [r.metrics.get(key) for r in replicas if r.metrics.get(key) is not None]
+        summary[key] = float(np.mean(vals)) if vals else None
+    passed = all(c.passed is not False for c in checks if c.required)
+    return MoleculeResult(name=name, formula=formula, n_atoms=n_atoms, steps_asked=steps_asked,
+                          passed=passed, summary=summary, checks=checks, replicas=replicas)
+
+
+def evaluate_accuracy(
+    pred_energy_eV: np.ndarray, ref_energy_eV: np.ndarray,
+    pred_forces: list[np.ndarray], ref_forces: list[np.ndarray],
+    n_atoms: np.ndarray, names: list[str], criteria: Criteria,
+    reference_level: str | None, model_level: str | None,
+) -> AccuracyResult:
+    """Accuracy on the reference set: force R²/MAE/RMSE and energy MAE per atom, overall and per
+    molecule, with the accuracy criteria applied. Not applicable when the levels of theory differ.
+    """
+    note = ""
+    applicable = True
+    if model_level and reference_level and model_level.lower() != reference_level.lower():
+        applicable = False
+        note = (f"model trained on {model_level}, reference computed with {reference_level}: "
+                "accuracy not comparable")
+    elif not model_level:
+        note = f"model declares no level of theory; compared with the {reference_level or 'given'} reference"
+    fp, fr = np.concatenate(pred_forces), np.concatenate(ref_forces)
+    overall = force_accuracy(fp, fr)
+    e_err = np.abs(np.asarray(pred_energy_eV) - np.asarray(ref_energy_eV)) / np.asarray(n_atoms) * 1000.0
+    overall["energy_mae_meV_per_atom"] = float(np.mean(e_err))
+    per_molecule: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        m = force_accuracy(np.concatenate([pred_forces[i] for i in idx]),
+                           np.concatenate([ref_forces[i] for i in idx]))
+        m["energy_mae_meV_per_atom"] = float(np.mean(e_err[idx]))
+        m["n_frames"] = float(len(idx))
+        per_molecule[name] = m
+    checks = [
+        _check("min_force_r2", overall["force_r2"], "", criteria.min_force_r2, lower=True),
+        _check("force_mae_eV_per_A", overall["force_mae_eV_per_A"], "eV/Å", criteria.force_mae_eV_per_A),
+        _check("energy_mae_meV_per_atom", overall["energy_mae_meV_per_atom"], "meV/atom",
+               criteria.energy_mae_meV_per_atom),
+    ]
+    if not applicable:
+        checks = [c.model_copy(update={"passed": None, "note": "not applicable: " + note}) for c in checks]
+    return AccuracyResult(applicable=applicable, reference_level_of_theory=reference_level,
+                          model_level_of_theory=model_level, n_frames=len(names),
+                          per_molecule=per_molecule, checks=checks, note=note, **overall)

@@ -1,0 +1,156 @@
+"""The ``mdgate`` command line (typer). Errors are one line on stderr; ``--traceback`` for more."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mdgate.errors import MdgateError
+
+app = typer.Typer(
+    name="mdgate",
+    help="Gate machine-learned interatomic potentials by running molecular dynamics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+EXIT_APPROVED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+
+
+@app.callback()
+def _root() -> None:
+    """Gate machine-learned interatomic potentials by running molecular dynamics."""
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print a one-line error to stderr and return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def read_meta_file(model: Path, meta_file: Path | None) -> dict:
+    """Model metadata from ``--meta-file`` or a ``<model>.json`` sidecar, if there is one."""
+    path = meta_file or (model.with_suffix(".json") if model.suffix else Path(str(model) + ".json"))
+    if meta_file is not None and not path.is_file():
+        raise MdgateError(f"metadata file not found: {path}")
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MdgateError(f"metadata file {path} is not JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise MdgateError(f"metadata file {path} must hold a JSON object")
+    if "n_parameters" in data and "parent_n_parameters" not in data and data.get("parent"):
+        data.pop("n_parameters")
+    return data
+
+
+@app.command()
+def validate(
+    model: Annotated[Path, typer.Argument(help="Model file written by torch.save (e.g. schnetpack best_model).")],
+    molecules: Annotated[Path | None, typer.Option(help="Validation set (extxyz, ASE db). Default: packaged set.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference set with energies/forces for accuracy.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Gate config YAML (md, criteria, molecules, reference).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for report.md/html, results.json, plots.")] = Path("out"),
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (overrides the config).")] = None,
+    energy_unit: Annotated[str | None, typer.Option(help="Unit of the model's energy output [default: eV].")] = None,
+    position_unit: Annotated[str | None, typer.Option(help="Length unit of the model [default: Angstrom].")] = None,
+    energy_key: Annotated[str | None, typer.Option(help="Energy output key [default: energy].")] = None,
+    forces_key: Annotated[str | None, typer.Option(help="Forces output key [default: forces].")] = None,
+    cutoff_a: Annotated[float | None, typer.Option("--cutoff-A", help="Cutoff in Å [default: read from model].")] = None,
+    level_of_theory: Annotated[str | None, typer.Option(help="Method the model was trained on.")] = None,
+    parent_params: Annotated[int | None, typer.Option(help="Parameter count of the parent model.")] = None,
+    meta_file: Annotated[Path | None, typer.Option(help="JSON model metadata [default: MODEL.json if present].")] = None,
+    n_steps: Annotated[int | None, typer.Option(help="MD steps (overrides the config).")] = None,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
+) -> None:
+    """Validate a model file by NVE MD; exit 0 Approved, 1 Rejected, 2 error."""
+    from mdgate.config import load_config, parse_config
+    from mdgate.potentials import ModelMeta
+    from mdgate.report import write_report
+    from mdgate.results import Verdict
+    from mdgate.runner import error_result, validate as run_validate
+
+    try:
+        cfg = load_config(config)
+        updates = {k: v for k, v in (("molecules", molecules), ("reference", reference)) if v is not None}
+        if updates or n_steps is not None:
+            data = cfg.model_dump(mode="json")
+            data.update({k: str(v) for k, v in updates.items()})
+            if n_steps is not None:
+                data["md"]["n_steps"] = n_steps
+            cfg = parse_config(data, str(config or "command line"))
+        meta_data = read_meta_file(model, meta_file)
+        overrides = {
+            "energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
+            "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
+            "parent_n_parameters": parent_params,
+        }
+        meta_data.update({k: v for k, v in overrides.items() if v is not None})
+        meta = ModelMeta.model_validate(meta_data)
+    except MdgateError as e:
+        if traceback:
+            raise
+        raise fail(str(e)) from None
+    except Exception as e:  # pydantic errors on metadata
+        if traceback:
+            raise
+        raise fail(f"invalid model metadata: {str(e).splitlines()[0]}") from None
+
+    try:
+        with _progress() as progress:
+            result = run_validate(model, cfg, meta, out, device, progress)
+    except MdgateError as e:
+        if traceback:
+            raise
+        write_report(error_result(str(e), str(model), cfg, meta), out)
+        raise fail(f"{e} (nothing validated; report in {out}/)") from None
+    verdict = result.verdict
+    typer.echo(f"{verdict.value}: {result.reason}")
+    typer.echo(f"report: {out / 'report.md'}  ({result.timing.total_s:.1f} s, "
+               f"{result.timing.ms_per_step or 0:.2f} ms/step on {result.timing.device})")
+    raise typer.Exit(EXIT_APPROVED if verdict == Verdict.APPROVED else EXIT_REJECTED)
+
+
+class _progress:
+    """A rich progress bar per molecule (silent when stderr is not a terminal and CI is set)."""
+
+    def __enter__(self):  # noqa: ANN204
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+        self.progress.start()
+        return self.update
+
+    def update(self, name: str, step: int, n_steps: int, running: bool) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=n_steps, state="MD")
+        task = self.tasks[name]
+        if running:
+            self.progress.update(task, completed=step, state="done" if step >= n_steps else "MD")
+        elif self.progress.tasks[task].fields.get("state") == "MD":
+            self.progress.update(task, state=f"stopped at step {step}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def main() -> None:
+    """Entry point for ``python -m mdgate``."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The errors mdgate raises. Each is an *input* problem: the validation could not be done.
+
+A model that runs but fails a check is not an error: it is a Rejected verdict.
+"""
+
+from __future__ import annotations
+
+
+class MdgateError(Exception):
+    """Base class: a validation could not be carried out. The message is one line for users."""
+
+
+class ConfigError(MdgateError):
+    """Raised when a gate config file cannot be read, parsed or validated."""
+
+
+class MoleculeSetError(MdgateError):
+    """Raised when a molecule or reference set is missing, unreadable, empty or inconsistent."""
+
+
+class ModelLoadError(MdgateError):
+    """Raised when a model file is missing, is not a model, or cannot be deserialised."""
+
+
+class ModelInterfaceError(MdgateError):
+    """Raised when a model loads but does not provide energies and forces of the right shape,
+    or cannot handle the molecules (e.g. an element it never saw).
+    """
+
+
+class MetadataError(MdgateError):
+    """Raised when model metadata (units, cutoff, output keys) is missing or contradictory."""

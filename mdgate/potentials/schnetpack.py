@@ -1,0 +1,204 @@
+"""schnetpack ``NeuralNetworkPotential`` files as :class:`~mdgate.potentials.Potential`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdgate.errors import ModelInterfaceError, ModelLoadError
+from mdgate.potentials import ModelMeta
+from mdgate.units import energy_factor, length_factor
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``auto``/``cpu``/``cuda`` to a torch device (``auto`` prefers CUDA)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for but no CUDA GPU is visible; use cpu")
+    return torch.device(device)
+
+
+def load_module(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """Load a pickled torch model file (``torch.save(model)``, e.g. schnetpack's ``best_model``).
+
+    Loading a pickle runs code from the file: only load models from a trusted registry.
+    Old schnetpack files are upgraded with ``schnetpack.utils.load_model``.
+
+    Raises:
+        ModelLoadError: if the file is missing, is not a torch file, or holds no ``nn.Module``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / n for n in ("best_model", "model.pt", "data/model.pth")]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise ModelLoadError(f"{path} is a folder without best_model or model.pt in it")
+        path = found[0]
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(
+            f"{path} is not a loadable torch model ({type(e).__name__}: {reason}); "
+            "give a file written by torch.save(model)"
+        ) from e
+    if isinstance(obj, dict):
+        raise ModelLoadError(
+            f"{path} holds a state dict, not a model; save the whole module with torch.save(model)"
+        )
+    if not isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+    if hasattr(obj, "representation") and getattr(obj, "spk_version", None) != "2.2.0":
+        from schnetpack.utils import load_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = load_model(str(path), device=device)
+    return obj
+
+
+def find_cutoff_A(model: nn.Module, position_unit: str = "Angstrom") -> float | None:
+    """Return the model's cutoff in Å from its cutoff function or representation, if any."""
+    for module in model.modules():
+        value = getattr(module, "cutoff", None)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value) * length_factor(position_unit)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value) * length_factor(position_unit)
+    return None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+class SchnetpackPotential:
+    """A schnetpack-style model (dict of ``schnetpack.properties`` in, dict out) as a potential.
+
+    Args:
+        model: the loaded module.
+        meta: units, output keys and cutoff; see :class:`ModelMeta`.
+        device: where to evaluate.
+    """
+
+    def __init__(self, model: nn.Module, meta: ModelMeta, device: torch.device | str = "cpu"):
+        meta.check_units()
+        self.meta = meta
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        # Forces are -dE/dR by autograd w.r.t. positions only: parameters need no gradient.
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if hasattr(self.model, "do_postprocessing"):
+            self.model.do_postprocessing = True
+        self.n_parameters = count_parameters(self.model)
+        params = list(self.model.parameters())
+        self.dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+        self.cutoff_A = meta.cutoff_A or find_cutoff_A(self.model, meta.position_unit)
+        self._e = energy_factor(meta.energy_unit)
+        self._l = length_factor(meta.position_unit)
+        self._max_z = self._find_max_z()
+
+    def _find_max_z(self) -> int | None:
+        for module in self.model.modules():
+            if isinstance(module, nn.Embedding):
+                return module.num_embeddings - 1
+        return None
+
+    def check_elements(self, numbers: list[int] | set[int]) -> None:
+        """Raise :class:`ModelInterfaceError` for elements the model cannot have seen."""
+        numbers = set(int(z) for z in numbers)
+        if self._max_z is not None and max(numbers) > self._max_z:
+            raise ModelInterfaceError(
+                f"element Z={max(numbers)} is beyond the model's embedding (max Z={self._max_z})"
+            )
+        for module in self.model.modules():
+            atomref = getattr(module, "atomref", None)
+            if getattr(module, "add_atomrefs", False) and isinstance(atomref, torch.Tensor):
+                ref = atomref.detach().flatten()
+                seen = {z for z in range(ref.numel()) if float(ref[z]) != 0.0}
+                unseen = sorted(z for z in numbers if seen and z not in seen)
+                if unseen:
+                    raise ModelInterfaceError(
+                        f"elements Z={unseen} were not in the model's training data "
+                        f"(no atom reference energy; it knows Z={sorted(seen)})"
+                    )
+
+    def __call__(
+        self,
+        numbers: torch.Tensor,
+        positions_A: torch.Tensor,
+        system_idx: torch.Tensor,
+        n_systems: int,
+        idx_i: torch.Tensor,
+        idx_j: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (eV, ``[n_systems]``) and forces (eV/Å, ``[n_atoms, 3]``), float64."""
+        n_atoms = torch.bincount(system_idx, minlength=n_systems)
+        positions = (positions_A / self._l).to(self.dtype)
+        inputs = {
+            "_atomic_numbers": numbers,
+            "_positions": positions,
+            "_idx_m": system_idx,
+            "_n_atoms": n_atoms,
+            "_idx_i": idx_i,
+            "_idx_j": idx_j,
+            "_offsets": torch.zeros((idx_i.numel(), 3), dtype=self.dtype, device=self.device),
+            "_cell": torch.zeros((n_systems, 3, 3), dtype=self.dtype, device=self.device),
+            "_pbc": torch.zeros((n_systems, 3), dtype=torch.bool, device=self.device),
+        }
+        with torch.enable_grad():
+            out = self.model(inputs)
+        return self._extract(out, positions.shape[0], n_systems)
+
+    def _extract(self, out: object, n_atoms: int, n_systems: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(out, dict):
+            raise ModelInterfaceError(
+                f"model returned {type(out).__name__}, expected a dict of outputs"
+            )
+        for key, what in ((self.meta.energy_key, "energy"), (self.meta.forces_key, "forces")):
+            if key not in out:
+                hint = " (add schnetpack.atomistic.Forces to its outputs)" if what == "forces" else ""
+                raise ModelInterfaceError(
+                    f"model has no {what} output {key!r}{hint}; its outputs are {sorted(out)}"
+                )
+        energy = out[self.meta.energy_key]
+        forces = out[self.meta.forces_key]
+        if energy.numel() != n_systems:
+            raise ModelInterfaceError(
+                f"energy output {self.meta.energy_key!r} has shape {tuple(energy.shape)}, "
+                f"expected [{n_systems}] (one per molecule)"
+            )
+        if tuple(forces.shape) != (n_atoms, 3):
+            raise ModelInterfaceError(
+                f"forces output {self.meta.forces_key!r} has shape {tuple(forces.shape)}, "
+                f"expected [{n_atoms}, 3]"
+            )
+        energy = energy.detach().reshape(n_systems).to(torch.float64) * self._e
+        forces = forces.detach().to(torch.float64) * (self._e / self._l)
+        return energy, forces
+
+
+def load_potential(
+    path: str | Path, meta: ModelMeta | None = None, device: str = "auto"
+) -> SchnetpackPotential:
+    """Load a model file as a potential on ``device`` (``auto`` | ``cpu`` | ``cuda``).
+
+    Raises:
+        ModelLoadError: file missing or not a model.
+        MetadataError: unknown units.
+    """
+    dev = resolve_device(device)
+    model = load_module(path, dev)
+    return SchnetpackPotential(model, meta or ModelMeta(), dev)

@@ -1,0 +1,373 @@
+"""The validation report: Markdown (the hand-made report's structure), HTML, plots, JSON.
+
+Every figure in the report comes from a :class:`~mdgate.results.ValidationResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+from mdgate.results import CheckResult, MoleculeResult, ValidationResult, Verdict
+
+STATUS_LINE = {
+    Verdict.APPROVED: "APPROVED FOR MD",
+    Verdict.REJECTED: "NOT RECOMMENDED FOR MD",
+    Verdict.ERROR: "ERROR: NOT VALIDATED",
+}
+
+#: What a failing check means, for the analysis section.
+MEANING = {
+    "completion": "trajectories did not run to the end: the dynamics broke down before the asked time",
+    "finite": "energies, forces or positions became NaN/inf: the model is numerically unusable for MD",
+    "max_force_eV_per_A": "forces grew beyond any physical value for a molecule at this temperature",
+    "max_temperature_K": "kinetic energy exploded: potential energy was converted into heat, the "
+                         "signature of an unstable or non-conservative potential",
+    "max_bond_deviation_A": "a covalent bond stretched or compressed by more than the bound: the "
+                            "molecule fell apart or fused (Fu et al., 'Forces are not enough', 2023)",
+    "drift_slope_meV_per_atom_per_ps": "total energy drifts systematically: forces are not the "
+                                       "gradient of the energy, or are too rough for the time step",
+    "max_energy_deviation_meV_per_atom": "total energy departs from its initial value by more than "
+                                         "the bound: energy is not conserved",
+    "total_drift_percent": "total energy changed by more than the hand-made report's 1 % threshold",
+    "min_force_r2": "forces disagree with the reference method: the model has not learned the "
+                    "potential energy surface it is meant to reproduce",
+}
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """Format a measured number for the report."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if x == 0 or 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits}g}"
+    return f"{x:.3e}"
+
+
+def _status(c: CheckResult) -> str:
+    if c.passed is None:
+        return "n/a" if c.bound is not None or "not applicable" in c.note else "info"
+    label = "PASS" if c.passed else "FAIL"
+    return label if c.required else f"{label} (info)"
+
+
+def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, CheckResult | None]:
+    n_pass = n_all = 0
+    spec = None
+    for m in molecules:
+        for r in m.replicas:
+            for c in r.checks:
+                if c.name == name:
+                    spec = spec or c
+                    n_all += 1
+                    n_pass += c.passed is not False
+    return n_pass, n_all, spec
+
+
+def render_markdown(result: ValidationResult, plots: dict[str, str] | None = None) -> str:
+    """Render the report as Markdown (tables are GFM pipe tables)."""
+    plots = plots or {}
+    m = result.model
+    md = result.criteria.get("config", {}).get("md", {})
+    acc = result.accuracy
+    n_traj = sum(len(x.replicas) for x in result.molecules)
+    lines: list[str] = []
+    add = lines.append
+    add(f"# MD Validation Report: {Path(m.source).name}")
+    add("")
+    add(f"## STATUS: {STATUS_LINE[result.verdict]}")
+    add("")
+    add(f"**Verdict**: {result.verdict.value}  ")
+    add(f"**Reason**: {result.reason}  ")
+    add(f"**Model**: `{m.source}`  ")
+    add(f"**Parameters**: {m.n_parameters:,}  " if m.n_parameters else "**Parameters**: n/a  ")
+    if m.parent:
+        ratio = f"{m.compression_ratio:.1f}x" if m.compression_ratio else "n/a"
+        add(f"**Parent**: {m.parent} ({fmt(m.parent_n_parameters) if m.parent_n_parameters else 'n/a'} "
+            f"parameters); **Compression ratio**: {ratio}  ")
+    if acc is not None:
+        add(f"**Force R²**: {fmt(acc.force_r2)} on {acc.n_frames} {acc.reference_level_of_theory or ''} "
+            "reference configurations  ")
+    add(f"**Units**: energy {m.energy_unit}, positions {m.position_unit}; cutoff {fmt(m.cutoff_A)} Å  ")
+    add(f"**MD settings**: NVE velocity Verlet, {md.get('timestep_fs')} fs × {md.get('n_steps')} steps "
+        f"({fmt((md.get('timestep_fs') or 0) * (md.get('n_steps') or 0) / 1000)} ps), "
+        f"{md.get('temperature_K')} K start, {md.get('n_replicas')} replica(s), seed {md.get('seed')}, "
+        f"fail-fast {'on' if md.get('fail_fast') else 'off'}  ")
+    add(f"**Criteria sha256**: `{result.criteria.get('sha256', '')[:16]}`  ")
+    add(f"**Date**: {result.created_at}; device {result.timing.device}; wall time "
+        f"{fmt(result.timing.total_s, 3)} s (MD {fmt(result.timing.md_s, 3)} s)")
+    add("")
+    add("---")
+    add("")
+    add("## Executive Summary")
+    add("")
+    add(_summary_text(result))
+    add("")
+    if result.verdict == Verdict.ERROR:
+        add("## Conclusion")
+        add("")
+        add(f"The model could not be validated: {result.reason}. Fix the input and run the gate again.")
+        add("")
+        return "\n".join(lines)
+    add("### Validation Results Summary")
+    add("")
+    add("| Criterion | Result | Status |")
+    add("|-----------|--------|--------|")
+    add(f"| Simulations Run | {n_traj} | - |")
+    rows = [
+        ("completion", "Simulations Completed"),
+        ("finite", "Numerical Stability (finite)"),
+        ("max_force_eV_per_A", "Force Bound"),
+        ("max_temperature_K", "No Temperature Blow-up"),
+        ("max_bond_deviation_A", "Structural Stability (bonds)"),
+        ("drift_slope_meV_per_atom_per_ps", "Energy Drift Slope"),
+        ("max_energy_deviation_meV_per_atom", "Max Energy Deviation"),
+        ("total_drift_percent", "Energy Conservation (seed %)"),
+    ]
+    for name, label in rows:
+        n_pass, n_all, spec = _count(result.molecules, name)
+        if spec is None:
+            continue
+        bound = f" ({spec.comparison} {fmt(spec.bound)} {spec.unit})" if spec.bound is not None else ""
+        status = "PASS" if n_pass == n_all else "FAIL"
+        if not spec.required:
+            status += " (info)"
+        add(f"| {label}{bound} | {n_pass}/{n_all} | {status} |")
+    if acc is not None:
+        for c in acc.checks:
+            if c.bound is None:
+                continue
+            add(f"| Force R² ({c.comparison} {fmt(c.bound)}) | {fmt(c.value)} | {_status(c)} |")
+    add(f"| **Overall Verdict** | - | **{result.verdict.value.upper()}** |")
+    add("")
+    add("## Results by Molecule")
+    add("")
+    add("| Molecule | Formula | Atoms | Steps done | Drift slope (meV/atom/ps) | Max dE (meV/atom) "
+        "| Total drift (%) | Max bond dev (Å) | Max T (K) | Status |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for mol in result.molecules:
+        s = {c.name: c for c in mol.checks}
+        steps = min(r.steps_done for r in mol.replicas)
+        add(f"| {mol.name} | {mol.formula} | {mol.n_atoms} | {steps}/{mol.steps_asked} "
+            f"| {fmt(_v(s, 'drift_slope_meV_per_atom_per_ps'))} | {fmt(_v(s, 'max_energy_deviation_meV_per_atom'))} "
+            f"| {fmt(_v(s, 'total_drift_percent'))} | {fmt(_v(s, 'max_bond_deviation_A'))} "
+            f"| {fmt(_v(s, 'max_temperature_K'))} | {'PASS' if mol.passed else 'FAIL'} |")
+    add("")
+    add("## Detailed Results")
+    add("")
+    for mol in result.molecules:
+        _molecule_section(mol, md, plots.get(mol.name), add)
+    if acc is not None:
+        _accuracy_section(result, add)
+    _analysis(result, add)
+    add("## Conclusion")
+    add("")
+    add(_conclusion(result))
+    add("")
+    return "\n".join(lines)
+
+
+def _v(checks: dict[str, CheckResult], name: str) -> float | None:
+    c = checks.get(name)
+    return c.value if c else None
+
+
+def _summary_text(result: ValidationResult) -> str:
+    m = result.model
+    if result.verdict == Verdict.ERROR:
+        return f"Validation could not be carried out: **{result.reason}**."
+    n_mol = len(result.molecules)
+    n_traj = sum(len(x.replicas) for x in result.molecules)
+    n_ok = sum(1 for x in result.molecules for r in x.replicas if r.failure is None)
+    who = f"The model ({m.n_parameters:,} parameters" if m.n_parameters else "The model ("
+    if m.compression_ratio:
+        who += f", {m.compression_ratio:.1f}x compression vs {m.parent}"
+    who += ")"
+    parts = [f"{who} was run in NVE molecular dynamics on {n_mol} molecules ({n_traj} trajectories); "
+             f"{n_ok}/{n_traj} trajectories ran to the end."]
+    acc = result.accuracy
+    if acc is not None:
+        if acc.applicable:
+            parts.append(f"Its force R² on {acc.n_frames} reference configurations is {fmt(acc.force_r2)} "
+                         f"(force MAE {fmt(acc.force_mae_eV_per_A)} eV/Å).")
+        else:
+            parts.append(f"Accuracy is not applicable: {acc.note}.")
+    if result.verdict == Verdict.APPROVED:
+        parts.append("Every required check passed on every molecule and replica: the model is **APPROVED** "
+                     "for MD under these criteria.")
+    else:
+        names = sorted({f.split(": ")[1].split(" =")[0] for f in result.failed_checks})
+        parts.append(f"It **FAILS** {len(result.failed_checks)} required check(s) ({', '.join(names)}) and is "
+                     "**NOT RECOMMENDED** for MD.")
+    return " ".join(parts)
+
+
+def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> None:  # noqa: ANN001
+    add(f"### {mol.name}")
+    add("")
+    add(f"**Formula**: {mol.formula}  ")
+    add(f"**Atoms**: {mol.n_atoms}  ")
+    for r in mol.replicas:
+        if r.failure is None:
+            status = f"Completed {r.steps_done} steps"
+        else:
+            status = (f"Stopped at step {r.failure.step} ({fmt(r.failure.time_ps)} ps) by "
+                      f"{r.failure.check} = {fmt(r.failure.value)}")
+        add(f"**Replica {r.replica}**: {status}  ")
+    add("")
+    add("**Energy Conservation Analysis** (replica mean):")
+    s = mol.summary
+    add(f"- Initial Energy: {fmt(s.get('initial_energy_eV'), 8)} eV")
+    add(f"- Final Energy: {fmt(s.get('final_energy_eV'), 8)} eV")
+    add(f"- Total Drift: {fmt(s.get('total_drift_percent'))} % ; Max Drift: {fmt(s.get('max_drift_percent'))} % ; "
+        f"Drift Rate: {fmt(s.get('drift_rate_percent_per_ps'))} %/ps")
+    add(f"- Drift slope: {fmt(s.get('drift_slope_meV_per_atom_per_ps'))} meV/atom/ps ; "
+        f"max |E(t)−E0|: {fmt(s.get('max_energy_deviation_meV_per_atom'))} meV/atom ; "
+        f"drift/σ(E_kin): {fmt(s.get('drift_over_kinetic_std'))}")
+    add(f"- Temperature: mean {fmt(s.get('mean_temperature_K'))} K, max {fmt(s.get('max_temperature_K'))} K ; "
+        f"max force {fmt(s.get('max_force_eV_per_A'))} eV/Å ; max bond deviation "
+        f"{fmt(s.get('max_bond_deviation_A'))} Å")
+    add("")
+    add("| Check | Value (worst replica) | Bound | Status |")
+    add("|---|---|---|---|")
+    for c in mol.checks:
+        bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
+        when = f" at {fmt(c.time_ps)} ps" if c.time_ps is not None else ""
+        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {bound} | {_status(c)} |")
+    add("")
+    add(f"**Verdict**: {'PASS' if mol.passed else 'FAIL'}")
+    add("")
+    if plot:
+        add(f"![Energy drift of {mol.name}]({plot})")
+        add("")
+    add("---")
+    add("")
+
+
+def _accuracy_section(result: ValidationResult, add) -> None:  # noqa: ANN001
+    acc = result.accuracy
+    assert acc is not None
+    add("## Accuracy on the Reference Set")
+    add("")
+    add(f"Reference: {acc.n_frames} configurations, level of theory {acc.reference_level_of_theory or 'undeclared'}; "
+        f"model level of theory {acc.model_level_of_theory or 'undeclared'}. {acc.note}")
+    add("")
+    add("| Molecule | Frames | Force R² | Force MAE (eV/Å) | Force RMSE (eV/Å) | Energy MAE (meV/atom) |")
+    add("|---|---|---|---|---|---|")
+    for name, v in acc.per_molecule.items():
+        add(f"| {name} | {int(v['n_frames'])} | {fmt(v['force_r2'])} | {fmt(v['force_mae_eV_per_A'])} "
+            f"| {fmt(v['force_rmse_eV_per_A'])} | {fmt(v['energy_mae_meV_per_atom'])} |")
+    add(f"| **all** | {acc.n_frames} | {fmt(acc.force_r2)} | {fmt(acc.force_mae_eV_per_A)} "
+        f"| {fmt(acc.force_rmse_eV_per_A)} | {fmt(acc.energy_mae_meV_per_atom)} |")
+    add("")
+
+
+def _analysis(result: ValidationResult, add) -> None:  # noqa: ANN001
+    add("## Analysis")
+    add("")
+    failing: dict[str, list[str]] = {}
+    for f in result.failed_checks:
+        where, rest = f.split(": ", 1)
+        failing.setdefault(rest.split(" =")[0], []).append(where)
+    if not failing:
+        add("No required check failed. The energy drift, stability and accuracy figures above are within "
+            "their bounds on every trajectory.")
+        info = [c for m in result.molecules for c in m.checks if not c.required and c.passed is False]
+        if info:
+            add("")
+            add("Informational checks outside their bounds (they do not decide the verdict): "
+                + ", ".join(sorted({c.name for c in info})) + ".")
+    for name, where in failing.items():
+        add(f"### {name}")
+        add("")
+        add(f"Failed on: {', '.join(where)}. Meaning: {MEANING.get(name, 'see the check definition')}.")
+        add("")
+    add("")
+    add("## Recommendations")
+    add("")
+    if result.verdict == Verdict.APPROVED:
+        add("- The model may be used for NVE/NVT MD of molecules like those validated, at this time step.")
+        add("- Validate again on new chemistry (elements, sizes, temperatures) outside this set.")
+    else:
+        add("### DO NOT USE this model for:")
+        add("- Molecular dynamics simulations under the validated conditions")
+        if "min_force_r2" in failing:
+            add("- Anything requiring accurate forces (structure relaxation, vibrational analysis)")
+        add("")
+        add("### Next steps")
+        if "min_force_r2" in failing:
+            add("- Improve force accuracy (more capacity, longer training, more force weight) and re-register.")
+        if {"drift_slope_meV_per_atom_per_ps", "max_energy_deviation_meV_per_atom"} & failing.keys():
+            add("- Check that forces are the negative gradient of the energy and try a smaller time step.")
+        if {"max_bond_deviation_A", "completion", "finite", "max_temperature_K", "max_force_eV_per_A"} & failing.keys():
+            add("- Add training data near the failing geometries (high-temperature or distorted configurations).")
+    add("")
+
+
+def _conclusion(result: ValidationResult) -> str:
+    m = result.model
+    name = Path(m.source).name
+    if result.verdict == Verdict.APPROVED:
+        return f"**{name} is APPROVED for molecular dynamics** under the applied criteria: {result.reason}."
+    return f"**{name} is NOT RECOMMENDED for molecular dynamics**: {result.reason}."
+
+
+def render_html(markdown: str, title: str = "mdgate report") -> str:
+    """Render the Markdown report to a standalone HTML page with markdown-it-py."""
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>")
+
+
+def plot_molecule(mol: MoleculeResult, path: Path) -> None:
+    """Plot total-energy deviation (meV/atom) and temperature vs time for every replica."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for r in mol.replicas:
+        t = r.series.get("time_ps", [])
+        ax1.plot(t, r.series.get("e_tot_minus_e0_meV_per_atom", []), lw=1, label=f"replica {r.replica}")
+        ax2.plot(t, r.series.get("temperature_K", []), lw=1)
+        if r.failure is not None:
+            ax1.axvline(r.failure.time_ps, color="red", ls="--", lw=0.8)
+    ax1.set_ylabel("E_tot(t) − E_tot(0)\n(meV/atom)")
+    ax2.set_ylabel("T (K)")
+    ax2.set_xlabel("time (ps)")
+    ax1.set_title(f"{mol.name} ({mol.formula}): {'PASS' if mol.passed else 'FAIL'}")
+    if len(mol.replicas) <= 8:
+        ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``results.json`` and ``plots/*.png`` to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    if result.molecules:
+        (out_dir / "plots").mkdir(exist_ok=True)
+        for mol in result.molecules:
+            rel = f"plots/energy_{mol.name}.png"
+            plot_molecule(mol, out_dir / rel)
+            plots[mol.name] = rel
+            mol.plot = rel
+            files[rel] = out_dir / rel
+    markdown = render_markdown(result, plots)
+    files["report.md"] = out_dir / "report.md"
+    files["report.md"].write_text(markdown)
+    files["report.html"] = out_dir / "report.html"
+    files["report.html"].write_text(render_html(markdown, f"mdgate: {result.verdict.value}"))
+    files["results.json"] = out_dir / "results.json"
+    files["results.json"].write_text(json.dumps(result.model_dump(mode="json"), indent=1))
+    return files
