@@ -77,7 +77,9 @@ def maxwell_boltzmann(atoms: Atoms, temperature_K: float, rng: np.random.Generat
     v = rng.normal(size=(len(atoms), 3)) * np.sqrt(KB_EV_PER_K * temperature_K / m)[:, None]
     v -= (m[:, None] * v).sum(axis=0) / m.sum()
     r = atoms.positions - atoms.get_center_of_mass()
-    if len(atoms) > 2:
+    if len(atoms) > 1:
+        # Diatomics too: their rotation is not among the 3N − 5 = 1 degrees of freedom. lstsq
+        # copes with the singular inertia tensor of linear molecules.
         L = np.sum(np.cross(r, m[:, None] * v), axis=0)
         omega = np.linalg.lstsq(_inertia(r, m), L, rcond=None)[0]
         v -= np.cross(omega, r)
