@@ -5,7 +5,6 @@ Every figure in the report comes from a :class:`~mdgate.results.ValidationResult
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -369,5 +368,7 @@ def write_report(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
     files["report.html"] = out_dir / "report.html"
     files["report.html"].write_text(render_html(markdown, f"mdgate: {result.verdict.value}"))
     files["results.json"] = out_dir / "results.json"
-    files["results.json"].write_text(json.dumps(result.model_dump(mode="json"), indent=1))
+    # pydantic writes NaN/inf (a model that returned NaN) as null: json.dumps would write NaN,
+    # which is not JSON and breaks strict readers of the contract.
+    files["results.json"].write_text(result.model_dump_json(indent=1), encoding="utf-8")
     return files
