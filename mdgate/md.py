@@ -203,7 +203,7 @@ def run_nve(
     seed: int = 0,
     record_every: int = 10,
     limits: StopLimits | None = None,
-    neighbor_skin_A: float = 1.0,
+    neighbor_skin_A: float = 0.0,
     progress: ProgressFn | None = None,
 ) -> list[Trajectory]:
     """Run NVE MD for every molecule × replica in one batch.
@@ -262,13 +262,13 @@ def run_nve(
     e_pot, f = forces(x)
     e0: torch.Tensor | None = None
     active = [True] * len(trajs)
+    half_dt_inv_m = 0.5 * dt / batch.masses[:, None]
     for step in range(0, n_steps + 1):
         if step > 0:
-            inv_m = (1.0 / batch.masses)[:, None]
-            v = v + 0.5 * dt * f * inv_m
+            v = v + half_dt_inv_m * f
             x = x + dt * v
             e_pot, f = forces(x)
-            v = v + 0.5 * dt * f * inv_m
+            v = v + half_dt_inv_m * f
         if step % record_every and step != n_steps:
             continue
         # Record: one device→host transfer per record step.
@@ -329,6 +329,7 @@ def run_nve(
             keep_t = torch.as_tensor(keep, device=device)
             batch, atom_keep = batch.select(keep_t)
             x, v, f = x[atom_keep], v[atom_keep], f[atom_keep]
+            half_dt_inv_m = half_dt_inv_m[atom_keep]
             e0, e_pot = e0[keep_t], e_pot[keep_t]
             # Molecules do not interact: the survivors' forces stay valid, only pairs change.
             nl = NeighborList(batch.system_idx, potential.cutoff_A, neighbor_skin_A)
