@@ -53,8 +53,9 @@ def _status(c: CheckResult) -> str:
     return label if c.required else f"{label} (info)"
 
 
-def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, CheckResult | None]:
-    n_pass = n_all = 0
+def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, int, CheckResult | None]:
+    """Replicas where check ``name`` passed, failed, and in all. Unmeasured is not passed."""
+    n_pass = n_fail = n_all = 0
     spec = None
     for m in molecules:
         for r in m.replicas:
@@ -62,8 +63,9 @@ def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, CheckR
                 if c.name == name:
                     spec = spec or c
                     n_all += 1
-                    n_pass += c.passed is not False
-    return n_pass, n_all, spec
+                    n_pass += c.passed is True
+                    n_fail += c.passed is False
+    return n_pass, n_fail, n_all, spec
 
 
 def render_markdown(result: ValidationResult, plots: dict[str, str] | None = None) -> str:
@@ -127,11 +129,11 @@ def render_markdown(result: ValidationResult, plots: dict[str, str] | None = Non
         ("total_drift_percent", "Energy Conservation (seed %)"),
     ]
     for name, label in rows:
-        n_pass, n_all, spec = _count(result.molecules, name)
+        n_pass, n_fail, n_all, spec = _count(result.molecules, name)
         if spec is None:
             continue
         bound = f" ({spec.comparison} {fmt(spec.bound)} {spec.unit})" if spec.bound is not None else ""
-        status = "PASS" if n_pass == n_all else "FAIL"
+        status = "FAIL" if n_fail else "PASS" if n_pass == n_all else "n/a"
         if not spec.required:
             status += " (info)"
         add(f"| {label}{bound} | {n_pass}/{n_all} | {status} |")

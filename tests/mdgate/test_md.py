@@ -173,9 +173,9 @@ def test_batching_a_schnetpack_model_changes_a_trajectory_only_by_float32_roundi
 def pulled_set() -> list[Molecule]:
     """Three 4-atom molecules at a Morse minimum; only 'pulled' has the Cl–Cl pair being pulled."""
     return [
-        Molecule("steady_a", tetrahedron("C4", rattle_A=0.05, seed=1)),
-        Molecule("pulled", tetrahedron("Cl2C2", rattle_A=0.05, seed=2)),
-        Molecule("steady_b", tetrahedron("C2N2", rattle_A=0.05, seed=3)),
+        Molecule("steady_a", tetrahedron("C4", rattle_A=0.01, seed=1)),
+        Molecule("pulled", tetrahedron("Cl2C2", rattle_A=0.01, seed=2)),
+        Molecule("steady_b", tetrahedron("C2N2", rattle_A=0.01, seed=3)),
     ]
 
 
