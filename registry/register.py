@@ -1,0 +1,146 @@
+"""Register a potential with its metadata: what cannot be known fails here, not at gate time."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
+
+from mdgate.errors import MetadataError
+from mdgate.potentials import ModelMeta
+from mdgate.potentials.schnetpack import count_parameters, find_cutoff_A, load_module
+from registry import types as T
+from registry.artifacts import file_sha256
+from registry.client import Registry, iso, to_info, translate_errors
+from registry.errors import VersionNotFoundError
+from registry.types import Status, VersionInfo, utcnow
+
+REGISTRATION_EXPERIMENT = "mdgate-registrations"
+
+
+def check_meta(module: Any, meta: dict[str, Any]) -> tuple[ModelMeta, float]:
+    """Validate metadata against the model: known units, a cutoff, the output keys.
+
+    Returns:
+        The metadata and the cutoff in Å (given, or read from the model).
+
+    Raises:
+        MetadataError: naming what is missing or wrong.
+    """
+    try:
+        m = ModelMeta.model_validate(meta)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise MetadataError(f"metadata {where} = {err.get('input')!r}: {err['msg']}") from e
+    m.check_units()
+    cutoff = m.cutoff_A or find_cutoff_A(module, m.position_unit)
+    if cutoff is None:
+        raise MetadataError("the model has no cutoff that mdgate can read; give it with --meta cutoff_A=<Å>")
+    outputs = getattr(module, "model_outputs", None)
+    if isinstance(outputs, list | tuple):
+        for key, what in ((m.energy_key, "energy"), (m.forces_key, "forces")):
+            if key not in outputs:
+                raise MetadataError(
+                    f"the model has no {what} output {key!r} (its outputs are {sorted(outputs)}); "
+                    f"set --meta {what}_key=<key> or add the output to the model"
+                )
+    return m, cutoff
+
+
+def register_potential(registry: Registry, model_path: str | Path, name: str, parent: str | None = None,
+                       meta: dict[str, Any] | None = None, description: str | None = None) -> VersionInfo:
+    """Log a model file as an ``mlflow.pytorch`` model and register it as a new version of
+    ``name`` with status Pending and its metadata as ``mdgate.*`` tags.
+
+    Args:
+        registry: the registry.
+        model_path: a ``torch.save(model)`` file (e.g. schnetpack ``best_model``).
+        name: registered model name.
+        parent: the model this one derives from, ``name/version`` (must be registered) or free text.
+        meta: metadata (:class:`~mdgate.potentials.ModelMeta` fields); units default to eV and Å,
+            the cutoff is read from the model.
+        description: version description.
+
+    Raises:
+        ModelLoadError: the file is not a torch model.
+        MetadataError: unknown unit, no cutoff, missing output, unregistered parent.
+        RegistryError: the registry could not be written.
+    """
+    import mlflow.pytorch
+    import schnetpack
+    import torch
+
+    path = Path(model_path)
+    module = load_module(path)
+    data = dict(meta or {})
+    if parent:
+        data["parent"] = parent
+    m, cutoff = check_meta(module, data)
+    if parent and m.parent_n_parameters is None:
+        m.parent_n_parameters = _registered_parent_parameters(registry, parent)
+    tags = {
+        T.CUTOFF_A: f"{cutoff:g}", T.ENERGY_UNIT: m.energy_unit, T.POSITION_UNIT: m.position_unit,
+        T.ENERGY_KEY: m.energy_key, T.FORCES_KEY: m.forces_key,
+        T.N_PARAMETERS: str(count_parameters(module)), T.MODEL_SHA256: file_sha256(path),
+    }
+    if m.parent:
+        tags[T.PARENT] = m.parent
+    if m.parent_n_parameters:
+        tags[T.PARENT_N_PARAMETERS] = str(m.parent_n_parameters)
+    if m.level_of_theory:
+        tags[T.LEVEL_OF_THEORY] = m.level_of_theory
+    with tempfile.TemporaryDirectory(prefix="mdgate-register-") as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            module, str(local), serialization_format="pickle", metadata={"mdgate": tags},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                              f"schnetpack=={schnetpack.__version__}"],
+        )
+        with translate_errors(f"logging {path.name}"):
+            client = registry.client
+            exp = client.get_experiment_by_name(REGISTRATION_EXPERIMENT)
+            exp_id = exp.experiment_id if exp else _create_experiment(registry, REGISTRATION_EXPERIMENT)
+            run = client.create_run(exp_id, run_name=f"register/{name}", tags={"mdgate.model": name,
+                                                                               "mdgate.file": path.name})
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in tags.items()])
+            client.log_artifacts(run.info.run_id, str(local), "model")
+            client.set_terminated(run.info.run_id)
+    with translate_errors(f"registering {name}"):
+        try:
+            registry.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mv = registry.client.create_model_version(
+            name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
+            tags={**tags, T.STATUS: Status.PENDING.value, T.UPDATED_AT: iso(utcnow())},
+            description=description,
+        )
+    return to_info(mv)
+
+
+def _registered_parent_parameters(registry: Registry, parent: str) -> int | None:
+    pname, _, pversion = parent.rpartition("/")
+    if not pname or not pversion.isdigit():
+        return None
+    try:
+        info = registry.get_version(pname, pversion)
+    except VersionNotFoundError as e:
+        raise MetadataError(f"parent {parent} is not a registered model version") from e
+    value = info.tags.get(T.N_PARAMETERS, "")
+    return int(value) if value.isdigit() else None
+
+
+def _create_experiment(registry: Registry, name: str) -> str:
+    try:
+        return registry.client.create_experiment(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return registry.client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
+
