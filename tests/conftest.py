@@ -19,11 +19,9 @@ from ase import Atoms
 from ase.io import write
 
 from mdgate.molecules import Molecule, ReferenceSet, read_molecules, read_reference
-from tests.models import MODEL_META, build_painn, fit_atomrefs, save_model
+from tests.models import GOOD_MODEL, MODEL_META, build_painn, fit_atomrefs, save_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The small PaiNN trained by scripts/train_models.py (committed with its JSON metadata).
-GOOD_MODEL = REPO_ROOT / "examples" / "models" / "painn_small.pt"
 DEVICE = torch.device("cpu")
 DTYPE = torch.float32
 #: Molecules of the small validation set used by the end-to-end tests.
@@ -81,7 +79,8 @@ def atomrefs(packaged_reference: ReferenceSet) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def untrained_model_path(tmp_path_factory: pytest.TempPathFactory, atomrefs: torch.Tensor) -> Path:
     """An untrained PaiNN (16 features, 2 interactions) with fitted atom references, saved
-    like the project's models, with its metadata sidecar."""
+    like the project's models, with its metadata sidecar.
+    """
     path = tmp_path_factory.mktemp("models") / "untrained_painn.pt"
     return save_model(build_painn(16, 2, atomrefs), path, MODEL_META)
 
@@ -110,7 +109,7 @@ def small_set(tmp_path_factory: pytest.TempPathFactory, packaged_molecules: list
     return SmallSet(folder / "molecules.extxyz", folder / "reference.extxyz", SMALL_SET)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def good_model_path() -> Path:
     """The committed small trained PaiNN (examples/models/painn_small.pt + .json)."""
     if not GOOD_MODEL.is_file() or not GOOD_MODEL.with_suffix(".json").is_file():
@@ -119,7 +118,7 @@ def good_model_path() -> Path:
 
 
 @pytest.fixture
-def write_config(tmp_path: Path):  # noqa: ANN201
+def write_config(tmp_path: Path):
     """A function writing a gate config YAML file into the test's tmp folder; returns its path."""
 
     def write(data: dict, name: str = "gate.yaml") -> Path:

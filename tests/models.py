@@ -16,6 +16,8 @@ import torch
 from ase import Atoms
 from torch import nn
 
+#: The small PaiNN trained by scripts/train_models.py (committed with its JSON metadata).
+GOOD_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "painn_small.pt"
 #: Cutoff and radial basis of the project's PaiNN models (scripts/train_models.py).
 CUTOFF_A = 5.0
 N_RBF = 20
@@ -170,8 +172,10 @@ class MorsePairPotential:
         self.calls: list[np.ndarray] = []
         self.n_calls = 0
 
-    def __call__(self, numbers: torch.Tensor, positions_A: torch.Tensor, system_idx: torch.Tensor,
-                 n_systems: int, idx_i: torch.Tensor, idx_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, numbers: torch.Tensor, positions_A: torch.Tensor, system_idx: torch.Tensor,
+        n_systems: int, idx_i: torch.Tensor, idx_j: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies ``[n_systems]`` (eV) and forces ``[n_atoms, 3]`` (eV/Å), float64."""
         self.n_calls += 1
         if self.record:

@@ -1,5 +1,6 @@
 """Accuracy on a reference set: predictions agree with schnetpack's own calculator, and a
-reference of another level of theory is reported as not applicable, never as passed."""
+reference of another level of theory is reported as not applicable, never as passed.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def relabelled(src: Path, dst: Path, level: str | None) -> Path:
     return dst
 
 
-def test_predictions_match_schnetpacks_own_calculator(untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+def test_predictions_match_schnetpacks_own_calculator(untrained_model_path: Path, small_set) -> None:
     reference = read_reference(small_set.reference)
     pot = load_potential(untrained_model_path, device="cpu")
     acc = run_accuracy(pot, reference, parse_config({}), "GFN2-xTB", batch_size=7)
@@ -55,7 +56,7 @@ def test_predictions_match_schnetpacks_own_calculator(untrained_model_path: Path
 
 
 def test_a_reference_of_another_level_of_theory_is_not_applicable(
-        tmp_path: Path, untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+        tmp_path: Path, untrained_model_path: Path, small_set) -> None:
     dft = relabelled(small_set.reference, tmp_path / "dft.extxyz", "DFT/wB97X-D")
     assert read_reference(dft).level_of_theory == "DFT/wB97X-D"
     base = {"md": {"n_steps": 20, "device": "cpu"}, "molecules": str(small_set.molecules)}
@@ -75,13 +76,14 @@ def test_a_reference_of_another_level_of_theory_is_not_applicable(
     assert "force R²" not in other.reason
 
 
-def test_a_model_without_declared_level_is_compared_and_says_so(untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+def test_a_model_without_declared_level_is_compared_and_says_so(
+        untrained_model_path: Path, small_set) -> None:
     pot = load_potential(untrained_model_path, device="cpu")
     acc = run_accuracy(pot, read_reference(small_set.reference), parse_config({}), None)
     assert acc.applicable and "declares no level of theory" in acc.note
 
 
-def test_mixed_levels_of_theory_are_refused(tmp_path: Path, small_set) -> None:  # noqa: ANN001
+def test_mixed_levels_of_theory_are_refused(tmp_path: Path, small_set) -> None:
     frames = read(small_set.reference, index=":")
     frames[0].info["level_of_theory"] = "DFT/PBE"
     write(tmp_path / "mixed.extxyz", frames)
@@ -89,7 +91,7 @@ def test_mixed_levels_of_theory_are_refused(tmp_path: Path, small_set) -> None: 
         read_reference(tmp_path / "mixed.extxyz")
 
 
-def test_a_reference_frame_with_other_atoms_than_its_molecule_is_refused(tmp_path: Path, small_set) -> None:  # noqa: ANN001
+def test_a_reference_frame_with_other_atoms_than_its_molecule_is_refused(tmp_path: Path, small_set) -> None:
     wrong = molecule("CH3CH2OH")
     wrong.pop()  # C2H5O, named ethanol
     wrong.info["name"] = "ethanol"

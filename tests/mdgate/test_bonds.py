@@ -11,7 +11,8 @@ from mdgate.md import BOND_CUTOFF_MULT, find_bonds
 from mdgate.molecules import Molecule
 
 
-def test_find_bonds_finds_every_rdkit_bond_of_every_packaged_molecule(packaged_molecules: list[Molecule]) -> None:
+def test_find_bonds_finds_every_rdkit_bond_of_every_packaged_molecule(
+        packaged_molecules: list[Molecule]) -> None:
     assert len(packaged_molecules) == 10
     for mol in packaged_molecules:
         bonds = find_bonds(mol.atoms)

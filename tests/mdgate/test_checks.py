@@ -18,7 +18,8 @@ def test_drift_slope_of_a_linear_series_is_its_slope_in_meV_per_atom_per_ps() ->
     t = np.linspace(0.0, 2.0, 201)  # ps
     e = -1234.5 + 0.005 * t  # +5 meV/ps over 10 atoms = 0.5 meV/atom/ps
     assert checks.drift_slope_meV_per_atom_per_ps(t, e, N_ATOMS) == pytest.approx(0.5, rel=1e-9)
-    assert checks.drift_slope_meV_per_atom_per_ps(t, -1234.5 - 0.02 * t, N_ATOMS) == pytest.approx(-2.0, rel=1e-9)
+    falling = -1234.5 - 0.02 * t
+    assert checks.drift_slope_meV_per_atom_per_ps(t, falling, N_ATOMS) == pytest.approx(-2.0, rel=1e-9)
 
 
 def test_drift_slope_sees_through_a_large_oscillation() -> None:
@@ -107,7 +108,7 @@ def make_trajectory(e_tot_eV: np.ndarray, *, bond_dev_A: float = 0.05, steps_ask
     )
 
 
-def by_name(result) -> dict:  # noqa: ANN001
+def by_name(result) -> dict:
     return {c.name: c for c in result.checks}
 
 
@@ -123,7 +124,8 @@ def test_evaluate_trajectory_passes_a_conserving_stable_run() -> None:
 
 
 def test_bond_stretched_by_0_6_A_fails_the_0_5_A_bound() -> None:
-    res = by_name(checks.evaluate_trajectory(make_trajectory(np.full(101, -80.0), bond_dev_A=0.6), Criteria()))
+    traj = make_trajectory(np.full(101, -80.0), bond_dev_A=0.6)
+    res = by_name(checks.evaluate_trajectory(traj, Criteria()))
     bond = res["max_bond_deviation_A"]
     assert bond.value == pytest.approx(0.6)
     assert bond.bound == 0.5
@@ -198,7 +200,7 @@ def test_summary_keeps_the_worst_replica_and_rejects_when_one_fails() -> None:
 # ---------------------------------------------------------------------------- evaluate_accuracy
 
 
-def _accuracy(scale: float, reference_level: str | None, model_level: str | None):  # noqa: ANN202
+def _accuracy(scale: float, reference_level: str | None, model_level: str | None):
     rng = np.random.default_rng(0)
     ref_f = [rng.normal(size=(9, 3)) for _ in range(4)]
     ref_e = np.array([-300.0, -301.0, -299.5, -300.2])

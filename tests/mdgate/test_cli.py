@@ -1,5 +1,6 @@
 """``mdgate validate`` on bad inputs: exit 2 with a one-line message naming the problem; a model
-that runs but is broken is a verdict (exit 1), never a crash."""
+that runs but is broken is a verdict (exit 1), never a crash.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.models import MODEL_META, NaNModel, build_painn, save_model
 SHORT = ["--n-steps", "40"]
 
 
-def invoke(*args: str | Path):  # noqa: ANN201
+def invoke(*args: str | Path):
     """Run ``mdgate validate ARGS`` in process (click captures stdout and stderr apart)."""
     return CliRunner().invoke(app, ["validate", *map(str, args)], catch_exceptions=False)
 
@@ -42,7 +43,7 @@ def strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def assert_error(result, *fragments: str) -> str:  # noqa: ANN001
+def assert_error(result, *fragments: str) -> str:
     assert result.exit_code == 2, (result.stdout, result.stderr)
     line = error_line(result.stderr)
     for f in fragments:
@@ -84,7 +85,7 @@ def test_a_pickle_that_is_not_a_model(tmp_path: Path, obj: object, what: str) ->
     assert_error(invoke(path, "--out", tmp_path / "out"), str(path), what)
 
 
-def test_a_model_without_forces(tmp_path: Path, small_set) -> None:  # noqa: ANN001
+def test_a_model_without_forces(tmp_path: Path, small_set) -> None:
     path = save_model(build_painn(8, 1, forces=False), tmp_path / "energy_only.pt", MODEL_META)
     line = assert_error(invoke(path, "--molecules", small_set.molecules, "--out", tmp_path / "out"),
                         "no forces output 'forces'", "schnetpack.atomistic.Forces")
@@ -100,7 +101,7 @@ def test_an_element_the_model_never_saw(tmp_path: Path, untrained_model_path: Pa
                  "Z=[17]", "not in the model's training data")
 
 
-def test_an_unknown_energy_unit(tmp_path: Path, untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+def test_an_unknown_energy_unit(tmp_path: Path, untrained_model_path: Path, small_set) -> None:
     assert_error(invoke(untrained_model_path, "--molecules", small_set.molecules, "--energy-unit", "furlongs",
                         "--out", tmp_path / "out"), "unknown energy unit 'furlongs'")
 
@@ -116,7 +117,8 @@ def test_an_unknown_energy_unit(tmp_path: Path, untrained_model_path: Path, smal
 def test_bad_config_files(tmp_path: Path, untrained_model_path: Path, text: str, fragments: tuple) -> None:
     cfg = tmp_path / "gate.yaml"
     cfg.write_text(text)
-    assert_error(invoke(untrained_model_path, "--config", cfg, "--out", tmp_path / "out"), str(cfg), *fragments)
+    result = invoke(untrained_model_path, "--config", cfg, "--out", tmp_path / "out")
+    assert_error(result, str(cfg), *fragments)
 
 
 def test_an_empty_molecule_file(tmp_path: Path, untrained_model_path: Path) -> None:
@@ -127,11 +129,11 @@ def test_an_empty_molecule_file(tmp_path: Path, untrained_model_path: Path) -> N
 
 
 def test_a_missing_molecule_file(tmp_path: Path, untrained_model_path: Path) -> None:
-    assert_error(invoke(untrained_model_path, "--molecules", tmp_path / "gone.extxyz", "--out", tmp_path / "out"),
-                 "molecules file not found", "gone.extxyz")
+    result = invoke(untrained_model_path, "--molecules", tmp_path / "gone.extxyz", "--out", tmp_path / "out")
+    assert_error(result, "molecules file not found", "gone.extxyz")
 
 
-def test_a_reference_without_forces(tmp_path: Path, untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+def test_a_reference_without_forces(tmp_path: Path, untrained_model_path: Path, small_set) -> None:
     ref = tmp_path / "bare.extxyz"
     write(ref, [molecule("CH3CH2OH")])
     assert_error(invoke(untrained_model_path, "--molecules", small_set.molecules, "--reference", ref,
@@ -141,7 +143,7 @@ def test_a_reference_without_forces(tmp_path: Path, untrained_model_path: Path, 
 # ------------------------------------------------------------------------ broken, not invalid
 
 
-def test_a_model_returning_nan_is_rejected_not_a_crash(tmp_path: Path, small_set, atomrefs) -> None:  # noqa: ANN001
+def test_a_model_returning_nan_is_rejected_not_a_crash(tmp_path: Path, small_set, atomrefs) -> None:
     path = save_model(NaNModel(build_painn(8, 1, atomrefs)), tmp_path / "nan.pt", MODEL_META)
     out = tmp_path / "out"
     result = invoke(path, "--molecules", small_set.molecules, "--reference", small_set.reference,
@@ -164,7 +166,7 @@ def test_a_model_returning_nan_is_rejected_not_a_crash(tmp_path: Path, small_set
 
 
 def test_console_script_exit_codes_and_one_line_error(tmp_path: Path, repo_root: Path,
-                                                      untrained_model_path: Path, small_set) -> None:  # noqa: ANN001
+                                                      untrained_model_path: Path, small_set) -> None:
     exe = Path(sys.executable).with_name("mdgate")
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     bad = subprocess.run([exe, "validate", tmp_path / "nope.pt", "--out", tmp_path / "e"],
@@ -172,7 +174,8 @@ def test_console_script_exit_codes_and_one_line_error(tmp_path: Path, repo_root:
     assert bad.returncode == 2
     assert "model file not found" in error_line(bad.stderr)
     run = subprocess.run([exe, "validate", untrained_model_path, "--molecules", small_set.molecules,
-                          "--out", tmp_path / "r", *SHORT], capture_output=True, text=True, env=env, timeout=300)
+                          "--out", tmp_path / "r", *SHORT],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1, run.stderr
     assert run.stdout.startswith("Rejected: ")
     assert strict_json(tmp_path / "r" / "results.json")["verdict"] == "Rejected"

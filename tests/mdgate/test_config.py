@@ -21,7 +21,7 @@ def test_defaults_are_the_designed_ones() -> None:
     assert not cfg.criteria.total_drift_percent.required  # the % figure depends on the energy zero
 
 
-def test_a_yaml_file_is_applied_and_relative_paths_resolve_against_it(write_config) -> None:  # noqa: ANN001
+def test_a_yaml_file_is_applied_and_relative_paths_resolve_against_it(write_config) -> None:
     path = write_config({"md": {"n_steps": 123, "temperature_K": 500},
                          "criteria": {"max_bond_deviation_A": {"bound": 0.4}},
                          "molecules": "sets/mols.extxyz"})
@@ -33,7 +33,7 @@ def test_a_yaml_file_is_applied_and_relative_paths_resolve_against_it(write_conf
     assert cfg.reference is None
 
 
-def test_an_empty_file_gives_the_defaults(write_config) -> None:  # noqa: ANN001
+def test_an_empty_file_gives_the_defaults(write_config) -> None:
     assert load_config(write_config({}, "empty.yaml")) == GateConfig()  # "{}"
     blank = write_config({}, "blank.yaml")
     blank.write_text("")
@@ -50,7 +50,7 @@ def test_an_empty_file_gives_the_defaults(write_config) -> None:  # noqa: ANN001
      "criteria.max_bond_deviation_A.requird", "True", "unknown key"),
 ])
 def test_invalid_values_name_the_file_the_field_and_the_value(
-        write_config, data: dict, field: str, value: str, what: str) -> None:  # noqa: ANN001
+        write_config, data: dict, field: str, value: str, what: str) -> None:
     path = write_config(data)
     with pytest.raises(ConfigError) as err:
         load_config(path)
@@ -73,12 +73,12 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path: Path) -> None:
 def test_a_list_at_the_top_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text("- md\n- criteria\n")
-    with pytest.raises(ConfigError, match="expected a mapping.*got list"):
+    with pytest.raises(ConfigError, match=r"expected a mapping.*got list"):
         load_config(path)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
 
 

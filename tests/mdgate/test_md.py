@@ -147,16 +147,17 @@ def test_batching_does_not_change_a_trajectory() -> None:
 
 
 def test_batching_a_schnetpack_model_changes_a_trajectory_only_by_float32_rounding(
-        untrained_model_path, packaged_molecules) -> None:  # noqa: ANN001
+        untrained_model_path, packaged_molecules) -> None:
     """A float32 network rounds differently in a bigger batch (~1 ulp in the forces); that stays
-    at rounding level and far below the difference between two replicas."""
+    at rounding level and far below the difference between two replicas.
+    """
     pot = load_potential(untrained_model_path, device="cpu")
     by = {m.name: m for m in packaged_molecules}
     kw = {"n_steps": 60, "timestep_fs": 0.5, "temperature_K": 300.0, "record_every": 5}
     [alone] = run_nve(pot, [by["ethanol"]], **kw)
     batch = run_nve(pot, [by["malonaldehyde"], by["ethanol"], by["uracil"]], n_replicas=2, **kw)
     assert [(t.molecule, t.replica) for t in batch] == [
-        ("malonaldehyde", 0), ("malonaldehyde", 1), ("ethanol", 0), ("ethanol", 1), ("uracil", 0), ("uracil", 1)]
+        (name, r) for name in ("malonaldehyde", "ethanol", "uracil") for r in range(2)]
     assert batch[2].steps_done == alone.steps_done == 60
     rounding = np.abs(np.array(batch[2].e_pot_eV) - alone.e_pot_eV).max()
     replicas = np.abs(np.array(batch[3].e_pot_eV) - alone.e_pot_eV).max()
@@ -239,7 +240,8 @@ def test_fail_fast_on_energy_deviation() -> None:
 
 def test_an_approving_run_is_never_shortened() -> None:
     """With the gate's default fail-fast limits, a run that passes every check runs to the end
-    and is the same run as without limits; limits just above its worst values change nothing."""
+    and is the same run as without limits; limits just above its worst values change nothing.
+    """
     mols = [m for m in pulled_set() if m.name != "pulled"]
     md = {"n_steps": 200, "timestep_fs": 0.5, "temperature_K": 300.0, "record_every": 5}
     config = GateConfig()
@@ -264,7 +266,7 @@ def test_an_approving_run_is_never_shortened() -> None:
 
 def test_non_finite_forces_stop_a_trajectory_at_once() -> None:
     class Exploding(MorsePairPotential):
-        def __call__(self, numbers, positions_A, *args):  # noqa: ANN001, ANN204
+        def __call__(self, numbers, positions_A, *args):
             e, f = super().__call__(numbers, positions_A, *args)
             if self.n_calls > 25:
                 f = f.clone()

@@ -1,5 +1,6 @@
 """schnetpack models as potentials: forces are −dE/dR, units come from the metadata, bad
-outputs are named."""
+outputs are named.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
 from tests.models import NonConservativeModel, build_painn
 
 
-def evaluate(pot: SchnetpackPotential, mols: list[Molecule], positions: np.ndarray | None = None):  # noqa: ANN201
+def evaluate(pot: SchnetpackPotential, mols: list[Molecule], positions: np.ndarray | None = None):
     numbers = torch.as_tensor(np.concatenate([m.atoms.numbers for m in mols]))
     pos = positions if positions is not None else np.concatenate([m.atoms.positions for m in mols])
     sys_idx = torch.as_tensor(np.repeat(np.arange(len(mols)), [len(m.atoms) for m in mols]))
@@ -100,7 +101,8 @@ def test_batched_energies_match_single_molecules(packaged_molecules: list[Molecu
         start += len(m.atoms)
 
 
-def test_cutoff_neighbour_list_with_skin_gives_the_all_pairs_result(packaged_molecules: list[Molecule]) -> None:
+def test_cutoff_neighbour_list_with_skin_gives_the_all_pairs_result(
+        packaged_molecules: list[Molecule]) -> None:
     pot = SchnetpackPotential(build_painn(16, 2).double(), ModelMeta())
     mol = next(m for m in packaged_molecules if m.name == "azobenzene")  # longer than the 5 Å cutoff
     sys_idx = torch.zeros(len(mol.atoms), dtype=torch.long)

@@ -1,5 +1,6 @@
 """The report: Markdown parsed with markdown-it-py (sections, tables), HTML, plots and the
-``results.json`` contract, for a Rejected, an Approved and an Error result."""
+``results.json`` contract, for a Rejected, an Approved and an Error result.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Table:
 
 @dataclass
 class Parsed:
+    """What the tests read from a Markdown document."""
+
     headings: list[tuple[int, str]]
     tables: list[Table]
     images: list[str]
@@ -77,7 +80,7 @@ def table_under(parsed: Parsed, heading: str) -> Table:
 
 
 @pytest.fixture(scope="module")
-def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Path, small_set):  # noqa: ANN001, ANN201
+def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Path, small_set):
     """``validate`` of the untrained PaiNN on the small set, with its report written."""
     out = tmp_path_factory.mktemp("rejected")
     cfg = parse_config({"md": {"n_steps": 60, "device": "cpu"}, "molecules": str(small_set.molecules),
@@ -86,7 +89,7 @@ def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Pat
     return result, cfg, out
 
 
-def test_report_files_are_written(rejected) -> None:  # noqa: ANN001
+def test_report_files_are_written(rejected) -> None:
     result, _, out = rejected
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.html", "results.json", "plots"}
     for mol in result.molecules:
@@ -99,7 +102,7 @@ def test_report_files_are_written(rejected) -> None:  # noqa: ANN001
     assert '<img src="plots/energy_ethanol.png"' in html
 
 
-def test_results_json_holds_the_contract_keys(rejected) -> None:  # noqa: ANN001
+def test_results_json_holds_the_contract_keys(rejected) -> None:
     result, cfg, out = rejected
     data = json.loads((out / "results.json").read_text())
     assert {"verdict", "reason", "model", "criteria", "molecules", "accuracy", "failed_checks",
@@ -130,7 +133,7 @@ def test_results_json_holds_the_contract_keys(rejected) -> None:  # noqa: ANN001
     assert data["timing"]["device"] == "cpu" and data["timing"]["total_s"] > 0
 
 
-def test_report_markdown_has_the_hand_made_reports_sections(rejected) -> None:  # noqa: ANN001
+def test_report_markdown_has_the_hand_made_reports_sections(rejected) -> None:
     result, _, out = rejected
     parsed = parse((out / "report.md").read_text())
     levels = dict((text, level) for level, text in parsed.headings)
@@ -151,7 +154,7 @@ def test_report_markdown_has_the_hand_made_reports_sections(rejected) -> None:  
     assert sorted(parsed.images) == sorted(f"plots/energy_{m.name}.png" for m in result.molecules)
 
 
-def test_report_tables_carry_the_measured_values(rejected) -> None:  # noqa: ANN001
+def test_report_tables_carry_the_measured_values(rejected) -> None:
     result, _, out = rejected
     parsed = parse((out / "report.md").read_text())
     summary = table_under(parsed, "Validation Results Summary")
@@ -174,12 +177,13 @@ def test_report_tables_carry_the_measured_values(rejected) -> None:  # noqa: ANN
     assert acc.rows[-1][0] == "**all**" and acc.rows[-1][1] == "40"
 
 
-def test_the_summary_table_never_shows_an_unmeasured_check_as_passed(rejected) -> None:  # noqa: ANN001
+def test_the_summary_table_never_shows_an_unmeasured_check_as_passed(rejected) -> None:
     result, _, out = rejected
     rows = {r[0].split(" (")[0]: r for r in table_under(parse((out / "report.md").read_text()),
                                                          "Validation Results Summary").rows}
     labels = {"completion": "Simulations Completed", "max_temperature_K": "No Temperature Blow-up",
-              "max_bond_deviation_A": "Structural Stability", "drift_slope_meV_per_atom_per_ps": "Energy Drift Slope",
+              "max_bond_deviation_A": "Structural Stability",
+              "drift_slope_meV_per_atom_per_ps": "Energy Drift Slope",
               "max_energy_deviation_meV_per_atom": "Max Energy Deviation"}
     for name, label in labels.items():
         states = [c.passed for m in result.molecules for r in m.replicas for c in r.checks if c.name == name]
@@ -208,7 +212,8 @@ def test_an_approved_report(tmp_path: Path) -> None:
     parsed = parse(text)
     order = [t for _, t in parsed.headings]
     assert "STATUS: APPROVED FOR MD" in order
-    assert {"Executive Summary", "Analysis", "Recommendations", "Conclusion", "tetra_c", "tetra_n"} <= set(order)
+    sections = {"Executive Summary", "Analysis", "Recommendations", "Conclusion", "tetra_c", "tetra_n"}
+    assert sections <= set(order)
     rows = {r[0]: r for r in table_under(parsed, "Validation Results Summary").rows}
     assert rows["**Overall Verdict**"][2] == "**APPROVED**"
     assert all(r[2] in ("PASS", "PASS (info)", "-") for k, r in rows.items() if k != "**Overall Verdict**")
