@@ -206,3 +206,15 @@ def tetrahedron(symbols: str, edge_A: float = 1.5, name: str | None = None,
     if name:
         atoms.info["name"] = name
     return atoms
+
+
+def triangle(symbols: str, edge_A: float = 1.5, name: str | None = None,
+             rattle_A: float = 0.0, seed: int = 0) -> Atoms:
+    """An equilateral triangle of three atoms with all edges ``edge_A`` (a Morse minimum)."""
+    corners = edge_A * np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, np.sqrt(3) / 2, 0.0]])
+    atoms = Atoms(symbols, positions=corners)
+    if rattle_A:
+        atoms.rattle(rattle_A, seed=seed)
+    if name:
+        atoms.info["name"] = name
+    return atoms
