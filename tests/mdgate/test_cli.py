@@ -17,6 +17,7 @@ from ase.io import write
 from typer.testing import CliRunner
 
 from mdgate.cli import app
+from mdgate.config import load_config
 from tests.models import MODEL_META, NaNModel, build_painn, save_model
 
 SHORT = ["--n-steps", "40"]
@@ -138,6 +139,23 @@ def test_a_reference_without_forces(tmp_path: Path, untrained_model_path: Path, 
     write(ref, [molecule("CH3CH2OH")])
     assert_error(invoke(untrained_model_path, "--molecules", small_set.molecules, "--reference", ref,
                         "--out", tmp_path / "out"), str(ref), "no energy/forces")
+
+
+def test_the_applied_config_and_its_sha256_are_in_results_json(
+        tmp_path: Path, untrained_model_path: Path, small_set) -> None:
+    (tmp_path / "sets").mkdir()
+    (tmp_path / "sets" / "mols.extxyz").write_bytes(small_set.molecules.read_bytes())
+    cfg = tmp_path / "gate.yaml"
+    cfg.write_text("md:\n  n_steps: 30\n  seed: 7\nmolecules: sets/mols.extxyz\n")
+    result = invoke(untrained_model_path, "--config", cfg, "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.stderr
+    data = strict_json(tmp_path / "out" / "results.json")
+    applied = load_config(cfg)
+    assert data["criteria"]["sha256"] == applied.sha256()
+    assert data["criteria"]["config"]["md"]["seed"] == 7
+    assert data["criteria"]["config"]["molecules"] == str(tmp_path / "sets" / "mols.extxyz")
+    assert [m["steps_asked"] for m in data["molecules"]] == [30, 30]
+    assert applied.sha256()[:16] in (tmp_path / "out" / "report.md").read_text()
 
 
 # ------------------------------------------------------------------------ broken, not invalid

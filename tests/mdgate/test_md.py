@@ -173,7 +173,8 @@ def test_batching_a_schnetpack_model_changes_a_trajectory_only_by_float32_roundi
 
 def pulled_set() -> list[Molecule]:
     """Three molecules near a Morse minimum; only 'pulled' has the Cl–Cl pair being pulled.
-    The last has other energies than the first two (3 pairs, not 6)."""
+    The last has other energies than the first two (3 pairs, not 6).
+    """
     return [
         Molecule("steady_a", tetrahedron("C4", rattle_A=0.01, seed=1)),
         Molecule("pulled", tetrahedron("Cl2C2", rattle_A=0.01, seed=2)),
@@ -239,6 +240,19 @@ def test_fail_fast_on_energy_deviation() -> None:
     assert tr.failure is not None and tr.failure.check == "max_energy_deviation_meV_per_atom"
     assert tr.failure.step == free.step[first]
     assert tr.failure.value == pytest.approx(dev[first])
+
+
+def test_fail_fast_limits_are_the_required_bounds() -> None:
+    limits = md_limits(GateConfig())
+    assert limits == StopLimits(max_force_eV_per_A=25.0, max_temperature_K=2000.0, max_bond_deviation_A=0.5,
+                                max_energy_deviation_meV_per_atom=5.0)
+    cfg = GateConfig.model_validate({"md": {"fail_fast_margin": 3.0},
+                                     "criteria": {"max_temperature_K": {"bound": 2000.0, "required": False},
+                                                  "max_force_eV_per_A": {"bound": None}}})
+    limits = md_limits(cfg)
+    assert limits.max_energy_deviation_meV_per_atom == 15.0
+    assert limits.max_temperature_K is None and limits.max_force_eV_per_A is None  # never stop for info
+    assert md_limits(GateConfig.model_validate({"md": {"fail_fast": False}})) == StopLimits()
 
 
 def test_an_approving_run_is_never_shortened() -> None:
