@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow.artifacts
 import yaml
-from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from mdgate.errors import MetadataError, ModelLoadError, MoleculeSetError
@@ -31,7 +30,12 @@ URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:", "s3://", "gs://", "wa
 
 
 def download(registry: Registry, artifact_uri: str, dst: Path, what: str) -> Path:
-    """Download ``artifact_uri`` into ``dst``; a missing artifact is a :class:`ModelLoadError`."""
+    """Download ``artifact_uri`` into ``dst``.
+
+    Raises:
+        ModelLoadError: the artifact is missing or cannot be read.
+        TransientRegistryError: the tracking server could not be reached.
+    """
     dst.mkdir(parents=True, exist_ok=True)
     try:
         with translate_errors(f"downloading {what}"):
@@ -42,9 +46,8 @@ def download(registry: Registry, artifact_uri: str, dst: Path, what: str) -> Pat
     except TransientRegistryError:
         raise
     except RegistryError as e:
-        raise ModelLoadError(f"{what} cannot be downloaded from {artifact_uri} ({e})") from e
-    except MlflowException as e:  # pragma: no cover - translate_errors covers MlflowException
-        raise ModelLoadError(f"{what} cannot be downloaded: {e}") from e
+        cause = str(e.__cause__ or e).splitlines()[0][:200]
+        raise ModelLoadError(f"{what} is missing or unreadable at {artifact_uri} ({cause})") from e
     return Path(local)
 
 

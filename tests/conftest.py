@@ -21,6 +21,9 @@ from ase.io import write
 from mdgate.molecules import Molecule, ReferenceSet, read_molecules, read_reference
 from tests.models import GOOD_MODEL, MODEL_META, build_painn, fit_atomrefs, save_model
 
+#: Fixtures of the gate's integration tests (MLflow/Prefect servers, mdgate serve).
+pytest_plugins = ["tests.integration"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cpu")
 DTYPE = torch.float32
