@@ -1,0 +1,324 @@
+"""The gate flow: claim → fetch → load → MD per molecule → accuracy → report → publish.
+
+Each task calls one engine (``mdgate``) or registry function. Final states are named after
+the verdict: ``Completed(name="Approved")`` and ``Completed(name="Rejected")`` (the gate did its
+job: a rejected model is an expected outcome, not an orchestration failure), and
+``Failed(name="Error")`` when the model could not be validated (bad artifact, model without
+forces, MD timeout, internal error): that needs a person. A version that is already gated or
+being gated ends ``Completed(name="Skipped")``. Registry outages fail the flow and leave the
+version Running: the sweep gates it again once its lease expires.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import shutil
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed, Failed, State
+
+from flows.progress import GateProgress
+from flows.settings import GATE_FLOW, Settings, load_settings
+from mdgate.config import GateConfig, load_config
+from mdgate.errors import MdgateError
+from mdgate.molecules import Molecule, ReferenceSet
+from mdgate.potentials import ModelMeta
+from mdgate.results import AccuracyResult, MoleculeResult, Timing, ValidationResult, Verdict
+from registry import types as T
+from registry.errors import LeaseLostError, TransientRegistryError
+from registry.summary import summary_rows
+from registry.types import Candidate, Claim, ClaimOutcome, Publication
+
+SKIPPED = "Skipped"
+
+
+def only_transient(task: Any, task_run: TaskRun, state: State) -> bool:
+    """Retry condition: retry a task only when it failed on a transient registry error."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return False
+    return isinstance(exc, TransientRegistryError)
+
+
+REGISTRY_TASK: dict[str, Any] = dict(retries=3, retry_delay_seconds=[2, 10, 30],
+                                     retry_condition_fn=only_transient, cache_policy=NO_CACHE,
+                                     persist_result=False)
+ENGINE_TASK: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def slug(text: str) -> str:
+    """A Prefect artifact key fragment: lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", text.lower())).strip("-") or "x"
+
+
+def registry_for(settings: Settings):
+    """The registry adapter for these settings."""
+    from registry import Registry
+
+    return Registry(settings.tracking_uri, settings.experiment)
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+@task(name="claim", **REGISTRY_TASK)
+def claim_version(settings: Settings, name: str, version: str, flow_run: str | None,
+                  force: bool) -> ClaimOutcome:
+    """Take the lease on the version (status → Running)."""
+    return registry_for(settings).claim(name, version, settings.lease_s, flow_run, force)
+
+
+@task(name="fetch", **REGISTRY_TASK)
+def fetch_candidate(settings: Settings, name: str, version: str, work_dir: Path) -> Candidate:
+    """Download the version's model, metadata and the model's own validation sets."""
+    from registry.artifacts import fetch_candidate as fetch
+
+    return fetch(registry_for(settings), name, version, work_dir)
+
+
+@task(name="load", **ENGINE_TASK)
+def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta) -> Any:
+    """Load the potential and the molecule sets (``mdgate.runner.load_inputs``)."""
+    from mdgate.runner import load_inputs
+
+    return load_inputs(model_path, config, meta)
+
+
+class MDTimeoutError(MdgateError):
+    """Raised in an MD task that ran past its timeout (checked at every MD step)."""
+
+
+class MDAbortedError(MdgateError):
+    """Raised in an MD task stopped because another molecule of the same gate failed."""
+
+
+@task(name="md", **ENGINE_TASK)
+def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads: int, timeout_s: float,
+                progress: GateProgress | None, abort: threading.Event) -> MoleculeResult:
+    """NVE MD of one molecule, all replicas batched (``mdgate.runner.run_md``).
+
+    The timeout is checked at every step (a thread cannot be interrupted from outside): the
+    task raises :class:`MDTimeoutError`, which ends the gate as Error.
+    """
+    from mdgate.runner import configure_threads, run_md
+
+    configure_threads(threads)
+    deadline = time.monotonic() + timeout_s
+
+    def tick(name: str, step: int, n_steps: int, running: bool) -> None:
+        if abort.is_set():
+            raise MDAbortedError(f"MD of {name} stopped: another molecule failed")
+        if time.monotonic() > deadline:
+            raise MDTimeoutError(f"MD of {name} timed out after {timeout_s:g} s (step {step} of {n_steps})")
+        if progress is not None:
+            progress(name, step, n_steps, running)
+
+    [result] = run_md(potential, [molecule], config, tick)
+    if progress is not None:
+        progress.finish(molecule.name)
+    return result
+
+
+@task(name="accuracy", **ENGINE_TASK)
+def accuracy(potential: Any, reference: ReferenceSet, config: GateConfig,
+             level: str | None) -> AccuracyResult:
+    """Force and energy accuracy on the reference set (``mdgate.runner.run_accuracy``)."""
+    from mdgate.runner import run_accuracy
+
+    return run_accuracy(potential, reference, config, level)
+
+
+@task(name="verdict", **ENGINE_TASK)
+def decide(source: str, potential: Any, meta: ModelMeta, config: GateConfig, molecules: list[MoleculeResult],
+           acc: AccuracyResult | None, timing: Timing) -> ValidationResult:
+    """Apply the criteria and build the result (``mdgate.runner.assemble``)."""
+    from mdgate.runner import assemble, model_info
+
+    return assemble(model_info(source, potential, meta), config, molecules, acc, timing)
+
+
+@task(name="report", **ENGINE_TASK)
+def write_report(result: ValidationResult, out_dir: Path) -> Path:
+    """report.md, report.html, results.json and plots (``mdgate.report.write_report``)."""
+    from mdgate.report import write_report as write
+
+    write(result, out_dir)
+    return out_dir
+
+
+@task(name="publish", **REGISTRY_TASK)
+def publish(settings: Settings, claim: Claim, result: ValidationResult, report_dir: Path,
+            criteria_sha256: str, extra_tags: dict[str, str]) -> Publication:
+    """Store the verdict in MLflow: validation run, description, tags, status last, alias."""
+    return registry_for(settings).publish(claim, result, report_dir, criteria_sha256, extra_tags)
+
+
+# ------------------------------------------------------------------------------------ flow
+
+
+@flow(name=GATE_FLOW, flow_run_name="gate/{name}/v{version}", persist_result=False, validate_parameters=True)
+def gate_model_version(name: str, version: str, force: bool = False, config: str | None = None) -> State:
+    """Gate one registered model version and mark it Approved, Rejected or Error in MLflow.
+
+    Args:
+        name: registered model name.
+        version: model version.
+        force: gate again even if the version already has a verdict.
+        config: gate config YAML (default: ``MDGATE_CONFIG``, else the packaged defaults).
+    """
+    logger = get_run_logger()
+    settings = load_settings()
+    gate_config = load_config(config or settings.config)
+    sha = gate_config.sha256()
+    run_id = current_flow_run.get_id()
+    outcome = claim_version(settings, name, str(version), run_id, force)
+    if outcome.claim is None:
+        logger.info("not gating %s/%s: %s", name, version, outcome.reason)
+        return Completed(name=SKIPPED, message=f"{name}/v{version}: {outcome.reason}")
+    claim = outcome.claim
+    key = f"{slug(name)}-v{slug(str(version))}"
+    work = (settings.home / "work" / f"{key}-{claim.generation}").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    source = f"{name} v{version}"
+    extra: dict[str, str] = {}
+    try:
+        result, extra = run_gate(settings, claim, gate_config, work, key, source)
+    except (TransientRegistryError, LeaseLostError):
+        raise
+    except MdgateError as e:
+        result = _error(str(e), source, gate_config)
+    except Exception as e:  # a bug must not leave the version Running until its lease expires
+        logger.error("gate failed: %s", traceback.format_exc())
+        result = _error(f"internal error: {type(e).__name__}: {e}", source, gate_config)
+    report_dir = write_report(result, work / "report")
+    pub = publish(settings, claim, result, report_dir, sha, extra)
+    publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("%s/%s: %s: %s (validation run %s)", name, version, result.verdict.value, result.reason,
+                pub.run_url)
+    message = f"{name}/v{version}: {result.reason}"
+    if result.verdict == Verdict.ERROR:
+        return Failed(name=Verdict.ERROR.value, message=message)
+    return Completed(name=result.verdict.value, message=message)
+
+
+def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,
+             source: str) -> tuple[ValidationResult, dict[str, str]]:
+    """Fetch, load, MD (one task per molecule), accuracy and verdict.
+
+    Raises:
+        MdgateError: the model or its sets are unusable (the gate ends as Error).
+    """
+    candidate = fetch_candidate(settings, claim.name, claim.version, work)
+    config, extra = effective_config(gate_config, candidate)
+    t0 = time.perf_counter()
+    inputs = load_candidate(candidate.model_path, config, candidate.meta)
+    t_md = time.perf_counter()
+    molecules = run_molecules(settings, claim, inputs, config, key)
+    md_s = time.perf_counter() - t_md
+    t_acc = time.perf_counter()
+    acc = None
+    if inputs.reference is not None:
+        acc = accuracy(inputs.potential, inputs.reference, config, candidate.meta.level_of_theory)
+    timing = gate_timing(molecules, md_s, time.perf_counter() - t_acc, time.perf_counter() - t0,
+                         str(inputs.potential.device))
+    return decide(source, inputs.potential, candidate.meta, config, molecules, acc, timing), extra
+
+
+def effective_config(gate_config: GateConfig, candidate: Candidate) -> tuple[GateConfig, dict[str, str]]:
+    """The configured criteria with the model's own validation/reference sets, if it names any."""
+    extra: dict[str, str] = {}
+    if candidate.molecules is None and candidate.reference is None:
+        return gate_config, extra
+    data = gate_config.model_dump(mode="json")
+    if candidate.molecules is not None:
+        data["molecules"] = str(candidate.molecules)
+        extra[T.MOLECULES] = candidate.molecules_source or str(candidate.molecules)
+    if candidate.reference is not None:
+        data["reference"] = str(candidate.reference)
+        extra[T.REFERENCE] = candidate.reference_source or str(candidate.reference)
+    elif candidate.molecules is not None:
+        data["reference"] = None  # the packaged reference does not describe the model's molecules
+    return GateConfig.model_validate(data), extra
+
+
+def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateConfig,
+                  key: str) -> list[MoleculeResult]:
+    """One MD task per molecule, at most ``settings.md_parallel`` at a time.
+
+    Raises:
+        MdgateError: a task timed out or the model failed during MD.
+    """
+    molecules: list[Molecule] = inputs.molecules
+    n_parallel = min(settings.md_parallel, len(molecules))
+    threads = settings.md_threads(n_parallel)
+    registry = registry_for(settings)
+    progress = GateProgress(
+        f"{key}-progress", {m.name: config.md.n_steps for m in molecules},
+        renew=lambda: registry.renew(claim), renew_every_s=settings.lease_s / 3,
+    )
+    md_task = md_molecule.with_options(tags=[settings.gpu_tag])
+    abort = threading.Event()
+    pending = list(molecules)
+    running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
+    results: dict[str, MoleculeResult] = {}
+    failure: BaseException | None = None
+    while (pending and failure is None) or running:
+        while pending and failure is None and len(running) < n_parallel:
+            mol = pending.pop(0)
+            future = md_task.with_options(task_run_name=f"md-{mol.name}").submit(
+                inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort)
+            running[future.wrapped_future] = (mol, future)
+        done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+        for f in done:
+            mol, future = running.pop(f)
+            try:
+                results[mol.name] = future.result()
+            except BaseException as e:
+                if failure is None or isinstance(failure, MDAbortedError):
+                    failure = e
+                abort.set()  # the others stop at their next step; wait for them, then fail
+    if failure is not None:
+        raise failure
+    return [results[m.name] for m in molecules]
+
+
+def gate_timing(molecules: list[MoleculeResult], md_s: float, accuracy_s: float, total_s: float,
+                device: str) -> Timing:
+    """Where the gate's time went (MD wall time over all molecule tasks)."""
+    steps = max((r.steps_done for m in molecules for r in m.replicas), default=0)
+    atom_steps = sum(r.steps_done * m.n_atoms for m in molecules for r in m.replicas)
+    return Timing(total_s=total_s, md_s=md_s, accuracy_s=accuracy_s, device=device, md_steps=steps,
+                  ms_per_step=md_s / steps * 1000 if steps else None,
+                  atom_steps_per_s=atom_steps / md_s if md_s > 0 else None)
+
+
+def _error(reason: str, source: str, config: GateConfig) -> ValidationResult:
+    from mdgate.runner import error_result
+
+    return error_result(reason, source, config)
+
+
+def publish_prefect_artifacts(key: str, name: str, version: str, result: ValidationResult, report_dir: Path,
+                              pub: Publication) -> None:
+    """The Markdown report and the per-molecule metrics table, as artifacts of the flow run."""
+    report = (report_dir / "report.md").read_text()
+    header = (f"**{result.verdict.value}** — [validation run in MLflow]({pub.run_url}) · "
+              f"report `{pub.report_uri}`\n\n")
+    create_markdown_artifact(header + report, key=f"{key}-report",
+                             description=f"mdgate report of {name} v{version}: {result.verdict.value}")
+    rows = summary_rows(result)
+    if rows:
+        create_table_artifact(rows, key=f"{key}-molecules",
+                              description=f"per-molecule MD metrics of {name} v{version}")

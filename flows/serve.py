@@ -1,0 +1,152 @@
+"""``mdgate serve``: the gate deployment, the scheduled registry sweep and the webhook receiver
+in one process (and, for the embedded default, the local MLflow and Prefect servers).
+
+The same deployments can instead be applied with ``deployments/prefect.yaml`` to a process work
+pool served by ``prefect worker start``; the receiver then runs with ``mdgate serve --receiver-only``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import uvicorn
+from prefect.client.orchestration import get_client
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_logger
+from prefect.runner import Runner
+
+from flows.gate import gate_model_version, registry_for
+from flows.servers import ServerProcess, ensure_local_servers
+from flows.settings import DEPLOYMENT, Settings
+from flows.sweep import astart_gate, sweep_registry
+from flows.webhook import create_app
+from mdgate.config import load_config
+
+logger = get_logger("mdgate.serve")
+WEBHOOK_NAME = "mdgate"
+
+
+async def build_deployments(settings: Settings) -> list[RunnerDeployment]:
+    """The gate deployment (runs on demand) and the sweep deployment (on a schedule)."""
+    gate = await gate_model_version.ato_deployment(
+        name=DEPLOYMENT, tags=["mdgate"], entrypoint_type=EntrypointType.MODULE_PATH,
+        description="Gate a registered model version by MD; mark it Approved/Rejected/Error in MLflow.",
+    )
+    sweep = await sweep_registry.ato_deployment(
+        name=DEPLOYMENT, tags=["mdgate"], entrypoint_type=EntrypointType.MODULE_PATH,
+        interval=timedelta(seconds=settings.sweep_interval_s),
+        description="Start gates for versions never gated (lost webhooks) and expired leases.",
+    )
+    return [gate, sweep]
+
+
+def ensure_gpu_limit(settings: Settings) -> None:
+    """Create the tag concurrency limit on MD tasks if there is none (an existing one is kept)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(settings.gpu_tag)
+        except ObjectNotFound:
+            client.create_concurrency_limit(settings.gpu_tag, settings.gpu_limit)
+            logger.info("created concurrency limit %s = %d", settings.gpu_tag, settings.gpu_limit)
+
+
+def webhook_secret(settings: Settings) -> str:
+    """The receiver's HMAC secret; with a managed subscription, the MLflow webhook gets it too.
+
+    Raises:
+        ValueError: no secret while the subscription is not managed by mdgate.
+    """
+    if settings.webhook_secret is not None:
+        secret = settings.webhook_secret.get_secret_value()
+    elif settings.manage_webhook:
+        secret = secrets.token_urlsafe(32)
+    else:
+        raise ValueError("set MDGATE_WEBHOOK_SECRET to the secret of the MLflow webhook")
+    if settings.manage_webhook:
+        webhook_id = registry_for(settings).ensure_webhook(WEBHOOK_NAME, settings.webhook_endpoint, secret)
+        logger.info("MLflow webhook %s (%s) → %s", WEBHOOK_NAME, webhook_id, settings.webhook_endpoint)
+    return secret
+
+
+class Receiver:
+    """The webhook receiver on a uvicorn server in a background thread."""
+
+    def __init__(self, settings: Settings, secret: str, criteria_sha256: str):
+        async def start(name: str, version: str) -> str:
+            run = await astart_gate(settings, name, version, 0, criteria_sha256)
+            logger.info("webhook: gate %s/%s → flow run %s", name, version, run.id)
+            return str(run.id)
+
+        app = create_app(secret, start, settings.webhook_tolerance_s, settings.webhook_max_body_bytes,
+                         gates_model=settings.gates_model)
+        config = uvicorn.Config(app, host=settings.webhook_host, port=settings.webhook_port,
+                                log_level="warning", limit_concurrency=64, timeout_keep_alive=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="mdgate-webhook", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start listening (raises RuntimeError if the port cannot be bound)."""
+        self.thread.start()
+        for _ in range(int(timeout_s * 10)):
+            if self.server.started:
+                return
+            if not self.thread.is_alive():
+                break
+            self.thread.join(0.1)
+        raise RuntimeError("webhook receiver did not start (port in use?)")
+
+    def stop(self) -> None:
+        """Stop listening."""
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = False,
+          on_ready: Callable[[], None] | None = None) -> None:
+    """Run the gate service until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        settings: the settings (``settings.export_env()`` must have run before prefect was imported).
+        start_servers: start the MLflow/Prefect servers the URLs name if they are local and down.
+        receiver_only: only the webhook receiver (gates run on a work pool's workers).
+        on_ready: called once everything listens.
+    """
+    servers: list[ServerProcess] = []
+    receiver = None
+    try:
+        if start_servers:
+            servers = ensure_local_servers(settings.tracking_uri, settings.prefect_api_url, settings.home)
+        sha = load_config(settings.config).sha256()
+        secret = webhook_secret(settings)
+        ensure_gpu_limit(settings)
+        receiver = Receiver(settings, secret, sha)
+        receiver.start()
+        logger.info("webhook receiver on %s; MLflow %s; Prefect %s", settings.webhook_endpoint,
+                    settings.tracking_uri, settings.prefect_api_url)
+        if receiver_only:
+            if on_ready:
+                on_ready()
+            receiver.thread.join()
+            return
+        asyncio.run(_run_deployments(settings, on_ready))
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        for server in reversed(servers):
+            server.stop()
+
+
+async def _run_deployments(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+    runner = Runner(name="mdgate-serve", query_seconds=settings.poll_s, limit=settings.max_gates + 1)
+    for deployment in await build_deployments(settings):
+        await runner.aadd_deployment(deployment)
+    if on_ready:
+        on_ready()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner.start()

@@ -1,0 +1,116 @@
+"""Settings of the gate service, from ``MDGATE_*`` environment variables.
+
+Built by :func:`load_settings`, never at import time. The ecosystem's own variables are honoured:
+``MLFLOW_TRACKING_URI`` (when ``MDGATE_TRACKING_URI`` is unset) and ``PREFECT_API_URL`` (when
+``MDGATE_PREFECT_API_URL`` is unset). Defaults are the embedded setup: MLflow and Prefect servers
+on 127.0.0.1 with SQLite under ``MDGATE_HOME``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GATE_FLOW = "gate-model-version"
+SWEEP_FLOW = "sweep-registry"
+DEPLOYMENT = "mdgate"
+
+
+class Settings(BaseSettings):
+    """Where the registry and orchestrator are, and how the gate service behaves."""
+
+    model_config = SettingsConfigDict(env_prefix="MDGATE_", extra="ignore", populate_by_name=True)
+
+    tracking_uri: str = Field(
+        default="http://127.0.0.1:5000",
+        validation_alias=AliasChoices("MDGATE_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+    )
+    """MLflow tracking server. Webhooks only fire through a server, so every writer must use
+    its ``http://`` URI, not ``sqlite:///`` directly."""
+    prefect_api_url: str = Field(
+        default="http://127.0.0.1:4200/api",
+        validation_alias=AliasChoices("MDGATE_PREFECT_API_URL", "PREFECT_API_URL"),
+    )
+    """Prefect server API."""
+    config: Path | None = None
+    """Gate config YAML (same format as ``mdgate validate --config``); unset = packaged defaults."""
+    home: Path = Path(".mdgate")
+    """Folder for the embedded servers' databases, artifacts and logs, and gate work folders."""
+    experiment: str = "mdgate"
+    """MLflow experiment that holds the validation runs."""
+    models: str = "*"
+    """Registered model names the webhook and the sweep gate (shell pattern, e.g. ``painn-*``);
+    ``mdgate gate`` gates any version it is asked to."""
+    lease_s: Annotated[float, Field(gt=0)] = 3600.0
+    """How long a ``Running`` claim lasts without renewal; MD progress renews it. A version left
+    ``Running`` past its lease (a crashed gate) is gated again by the sweep."""
+    md_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Timeout of one per-molecule MD task; a timeout ends the gate with status Error."""
+    md_parallel: Annotated[int, Field(ge=1)] = 2
+    """Per-molecule MD tasks of one gate that run at the same time (on a 2-core CPU, two tasks
+    with one thread each beat one task with two threads)."""
+    cores: Annotated[int, Field(ge=0)] = 0
+    """CPU cores the gate may use (0 = all): each MD task gets ``cores // md_parallel`` torch threads."""
+    gpu_tag: str = "mdgate-gpu"
+    """Tag on every MD task; a Prefect tag concurrency limit on it bounds GPU work."""
+    gpu_limit: Annotated[int, Field(ge=1)] = 2
+    """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
+    once over all gates (set it to the number of GPUs on GPU workers)."""
+    max_gates: Annotated[int, Field(ge=1)] = 1
+    """Gates one ``mdgate serve`` process runs at the same time."""
+    poll_s: Annotated[float, Field(gt=0)] = 2.0
+    """How often ``mdgate serve`` polls Prefect for gate runs to start."""
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    """Registry sweep schedule: catches versions whose webhook was lost and expired leases."""
+    webhook_host: str = "127.0.0.1"
+    """Interface the webhook receiver listens on."""
+    webhook_port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    """Port of the webhook receiver."""
+    webhook_url: str | None = None
+    """URL MLflow calls (default ``http://<webhook_host>:<webhook_port>/mlflow``)."""
+    webhook_secret: SecretStr | None = None
+    """HMAC secret shared with the MLflow webhook. Unset: ``mdgate serve`` makes a random one and
+    writes it into the subscription it manages."""
+    webhook_tolerance_s: Annotated[float, Field(gt=0)] = 300.0
+    """Largest accepted age of ``X-MLflow-Timestamp`` (replay window)."""
+    webhook_max_body_bytes: Annotated[int, Field(gt=0)] = 256 * 1024
+    """Larger webhook bodies are refused with 413 before being read."""
+    manage_webhook: bool = True
+    """``mdgate serve`` creates or updates the MLflow webhook named ``mdgate`` to point at it."""
+
+    @property
+    def webhook_endpoint(self) -> str:
+        """The URL the MLflow webhook posts to."""
+        return self.webhook_url or f"http://{self.webhook_host}:{self.webhook_port}/mlflow"
+
+    @property
+    def gate_deployment(self) -> str:
+        """``flow/deployment`` name of the gate deployment."""
+        return f"{GATE_FLOW}/{DEPLOYMENT}"
+
+    def gates_model(self, name: str) -> bool:
+        """Do the webhook and the sweep gate versions of this registered model?"""
+        return fnmatch.fnmatchcase(name, self.models)
+
+    def md_threads(self, n_tasks: int) -> int:
+        """Torch threads per MD task when ``n_tasks`` run at once (at least 1)."""
+        cores = self.cores or os.cpu_count() or 1
+        return max(1, cores // max(1, n_tasks))
+
+    def export_env(self) -> None:
+        """Put the tracking and Prefect URLs in the environment for child processes and for
+        libraries that read them at import (call before importing prefect).
+        """
+        os.environ["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        os.environ["PREFECT_API_URL"] = self.prefect_api_url
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment (and ``overrides``)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,84 @@
+"""Triggers shared by the webhook receiver and the registry sweep, and the sweep flow.
+
+A trigger only creates a run of the gate deployment. Runs for the same version and claim
+generation share an idempotency key, so Prefect keeps one run however many triggers arrive;
+the claim inside the flow is the final guard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.deployments.flow_runs import arun_deployment
+
+from flows.gate import REGISTRY_TASK, registry_for
+from flows.settings import SWEEP_FLOW, Settings, load_settings
+from mdgate.config import load_config
+from registry.types import VersionInfo
+
+
+def gate_key(name: str, version: str, generation: int, criteria_sha256: str) -> str:
+    """Idempotency key of the gate run for the next claim of a version under these criteria."""
+    return f"mdgate/{name}/v{version}/claim{generation + 1}/{criteria_sha256[:12]}"
+
+
+def gate_run_arguments(settings: Settings, name: str, version: str, generation: int,
+                       criteria_sha256: str) -> dict[str, Any]:
+    """Arguments of ``run_deployment`` that start a gate without waiting for it."""
+    return dict(
+        name=settings.gate_deployment, parameters={"name": name, "version": str(version)},
+        flow_run_name=f"gate/{name}/v{version}", timeout=0, as_subflow=False,
+        idempotency_key=gate_key(name, str(version), generation, criteria_sha256), tags=["mdgate"],
+    )
+
+
+async def astart_gate(settings: Settings, name: str, version: str, generation: int,
+                      criteria_sha256: str) -> FlowRun:
+    """Start a gate run (async; for the webhook receiver)."""
+    return await arun_deployment(**gate_run_arguments(settings, name, version, generation, criteria_sha256))
+
+
+@task(name="find-due", **REGISTRY_TASK)
+def find_due(settings: Settings) -> list[VersionInfo]:
+    """Versions with no status (or Pending) and Running versions whose lease expired."""
+    due = registry_for(settings).versions_to_gate(settings.lease_s)
+    return [v for v in due if settings.gates_model(v.name)]
+
+
+@task(name="start-gate", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
+def start_gate(settings: Settings, version: VersionInfo, criteria_sha256: str) -> str:
+    """Create a run of the gate deployment for one version; return the flow run id."""
+    run = run_deployment(**gate_run_arguments(settings, version.name, version.version, version.claim,
+                                              criteria_sha256))
+    return str(run.id)  # type: ignore[union-attr]
+
+
+@flow(name=SWEEP_FLOW, persist_result=False)
+def sweep_registry(limit: int = 100) -> list[str]:
+    """Start gates for what webhooks missed: versions never gated and expired leases.
+
+    Args:
+        limit: most gates one sweep starts (the rest wait for the next sweep).
+
+    Returns:
+        ``name/version`` of the versions a gate was started for.
+    """
+    logger = get_run_logger()
+    settings = load_settings()
+    sha = load_config(settings.config).sha256()
+    due = find_due(settings)
+    started = []
+    for v in due[:limit]:
+        run_id = start_gate(settings, v, sha)
+        why = "no status" if v.status is None else v.status.value
+        if v.status is not None and v.status.value == "Running":
+            why += " (lease expired)"
+        logger.info("gate started for %s (%s): flow run %s", v.ref, why, run_id)
+        started.append(v.ref)
+    if not due:
+        logger.info("nothing to gate")
+    return started
