@@ -243,14 +243,17 @@ def test_fail_fast_on_energy_deviation() -> None:
 
 
 def test_fail_fast_limits_are_the_required_bounds() -> None:
-    limits = md_limits(GateConfig())
-    assert limits == StopLimits(max_force_eV_per_A=25.0, max_temperature_K=2000.0, max_bond_deviation_A=0.5,
-                                max_energy_deviation_meV_per_atom=5.0)
+    c = GateConfig().criteria
+    assert md_limits(GateConfig()) == StopLimits(
+        max_force_eV_per_A=c.max_force_eV_per_A.bound, max_temperature_K=c.max_temperature_K.bound,
+        max_bond_deviation_A=c.max_bond_deviation_A.bound,
+        max_energy_deviation_meV_per_atom=c.max_energy_deviation_meV_per_atom.bound)
     cfg = GateConfig.model_validate({"md": {"fail_fast_margin": 3.0},
                                      "criteria": {"max_temperature_K": {"bound": 2000.0, "required": False},
-                                                  "max_force_eV_per_A": {"bound": None}}})
+                                                  "max_force_eV_per_A": {"bound": None},
+                                                  "max_energy_deviation_meV_per_atom": {"bound": 4.0}}})
     limits = md_limits(cfg)
-    assert limits.max_energy_deviation_meV_per_atom == 15.0
+    assert limits.max_energy_deviation_meV_per_atom == 12.0
     assert limits.max_temperature_K is None and limits.max_force_eV_per_A is None  # never stop for info
     assert md_limits(GateConfig.model_validate({"md": {"fail_fast": False}})) == StopLimits()
 
