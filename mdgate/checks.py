@@ -22,6 +22,31 @@ def drift_slope_meV_per_atom_per_ps(time_ps: np.ndarray, e_tot_eV: np.ndarray, n
     return float(slope_eV_per_ps * 1000.0 / n_atoms)
 
 
+def drift_slope_stderr_meV_per_atom_per_ps(time_ps: np.ndarray, e_tot_eV: np.ndarray, n_atoms: int) -> float:
+    """Standard error of the fitted drift slope, in meV/atom/ps, for autocorrelated noise.
+
+    E_tot(t) of a Verlet trajectory oscillates around its trend (the shadow Hamiltonian's
+    wobble); over a short run that oscillation alone gives an apparent slope. The residuals'
+    integrated autocorrelation time τ (up to the first zero of the autocorrelation) gives the
+    effective number of independent samples n_eff = N / (1 + 2τ), and
+    SE = σ_res · sqrt(12 / n_eff) / T for samples spread evenly over a run of length T.
+    """
+    t = np.asarray(time_ps, float)
+    e = np.asarray(e_tot_eV, float) * 1000.0 / n_atoms
+    n = t.size
+    if n < 4 or np.ptp(t) == 0:
+        return float("nan")
+    res = e - np.polyval(np.polyfit(t, e, 1), t)
+    var = float(np.var(res))
+    if var == 0:
+        return 0.0
+    acf = np.correlate(res, res, mode="full")[n - 1:] / (var * n)
+    zero = np.argmax(acf <= 0) if np.any(acf <= 0) else n
+    tau = float(np.sum(acf[1:zero])) if zero > 1 else 0.0
+    n_eff = max(2.0, n / (1.0 + 2.0 * max(tau, 0.0)))
+    return float(np.sqrt(var) * np.sqrt(12.0 / n_eff) / np.ptp(t))
+
+
 def max_energy_deviation_meV_per_atom(e_tot_eV: np.ndarray, n_atoms: int) -> float:
     """max_t |E_tot(t) − E_tot(0)| in meV/atom."""
     e = np.asarray(e_tot_eV, float)
@@ -124,6 +149,7 @@ def evaluate_trajectory(traj: Trajectory, criteria: Criteria) -> ReplicaResult:
     if ef.size:
         metrics.update(seed_figures(tf, ef))
         metrics["drift_slope_meV_per_atom_per_ps"] = drift_slope_meV_per_atom_per_ps(tf, ef, n)
+        metrics["drift_slope_stderr_meV_per_atom_per_ps"] = drift_slope_stderr_meV_per_atom_per_ps(tf, ef, n)
         metrics["max_energy_deviation_meV_per_atom"] = max_energy_deviation_meV_per_atom(ef, n)
         metrics["drift_over_kinetic_std"] = drift_over_kinetic_std(tf, ef, ekf)
     metrics["max_force_eV_per_A"] = float(np.nanmax(traj.max_force_eV_per_A)) if traj.step else None
@@ -161,6 +187,16 @@ def evaluate_trajectory(traj: Trajectory, criteria: Criteria) -> ReplicaResult:
     drift = _check("drift_slope_meV_per_atom_per_ps", abs(slope) if slope is not None else None,
                    _MD_UNITS["drift_slope_meV_per_atom_per_ps"], criteria.drift_slope_meV_per_atom_per_ps,
                    note="" if completed else "measured on the part of the run before it stopped")
+    stderr = metrics.get("drift_slope_stderr_meV_per_atom_per_ps")
+    spec = criteria.drift_slope_meV_per_atom_per_ps
+    if drift.passed is False and stderr is not None and spec.bound is not None and slope is not None \
+            and abs(slope) - 2.0 * stderr <= spec.bound:
+        # Over a short run the Verlet energy oscillation alone gives an apparent slope: fail only
+        # on a drift significantly above the bound (95 %); max_energy_deviation still applies.
+        drift = drift.model_copy(update={"passed": True, "note": (
+            f"within noise: |slope| {abs(slope):.3g} ± {stderr:.2g} (1σ), not significantly above the bound")})
+    elif stderr is not None and slope is not None:
+        drift = drift.model_copy(update={"note": (drift.note + "; " if drift.note else "") + f"± {stderr:.2g} (1σ)"})
     if not completed and len(tf) < MIN_RECORDS_FOR_SLOPE:
         # A slope through a handful of points is noise; the completion check already fails.
         drift = drift.model_copy(update={"passed": None, "note": f"not measured: stopped after {len(tf)} records"})

@@ -114,7 +114,8 @@ def validate(
     verdict = result.verdict
     typer.echo(f"{verdict.value}: {result.reason}")
     typer.echo(f"report: {out / 'report.md'}  ({result.timing.total_s:.1f} s, "
-               f"{result.timing.ms_per_step or 0:.2f} ms/step on {result.timing.device})")
+               f"{result.timing.ms_per_step or 0:.2f} ms/step on {result.timing.device}, "
+               f"{result.timing.model_call} model)")
     raise typer.Exit(EXIT_APPROVED if verdict == Verdict.APPROVED else EXIT_REJECTED)
 
 

@@ -25,6 +25,18 @@ class Device(StrEnum):
     CUDA = "cuda"
 
 
+class Compile(StrEnum):
+    """Whether to compile the model for MD."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+#: ``compile: auto`` compiles when molecules × replicas × atoms × steps reaches this.
+COMPILE_MIN_ATOM_STEPS = 300_000
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -57,6 +69,11 @@ class MDSettings(_Strict):
     more than half of it."""
     threads: Annotated[int, Field(ge=0)] = 0
     """torch CPU threads for this process (0 = leave torch's default)."""
+    compile: Compile = Compile.AUTO
+    """Compile the model's representation with ``torch.compile`` (measured ~2× faster on a CPU,
+    forces equal to float32 rounding; checked against the eager model before MD, falling back to
+    eager on any mismatch or failure). ``auto``: only when the MD work is at least
+    ``COMPILE_MIN_ATOM_STEPS`` atom-steps, since compiling costs ~30 s once."""
 
 
 class Bound(_Strict):

@@ -98,8 +98,9 @@ def render_markdown(result: ValidationResult, plots: dict[str, str] | None = Non
         f"{md.get('temperature_K')} K start, {md.get('n_replicas')} replica(s), seed {md.get('seed')}, "
         f"fail-fast {'on' if md.get('fail_fast') else 'off'}  ")
     add(f"**Criteria sha256**: `{result.criteria.get('sha256', '')[:16]}`  ")
-    add(f"**Date**: {result.created_at}; device {result.timing.device}; wall time "
-        f"{fmt(result.timing.total_s, 3)} s (MD {fmt(result.timing.md_s, 3)} s)")
+    add(f"**Date**: {result.created_at}; device {result.timing.device} ({result.timing.model_call} model); "
+        f"wall time {fmt(result.timing.total_s, 3)} s (MD {fmt(result.timing.md_s, 3)} s, "
+        f"{fmt(result.timing.ms_per_step, 3)} ms/step)")
     add("")
     add("---")
     add("")
@@ -232,12 +233,12 @@ def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> N
         f"max force {fmt(s.get('max_force_eV_per_A'))} eV/Å ; max bond deviation "
         f"{fmt(s.get('max_bond_deviation_A'))} Å")
     add("")
-    add("| Check | Value (worst replica) | Bound | Status |")
-    add("|---|---|---|---|")
+    add("| Check | Value (worst replica) | Bound | Status | Note |")
+    add("|---|---|---|---|---|")
     for c in mol.checks:
         bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
         when = f" at {fmt(c.time_ps)} ps" if c.time_ps is not None else ""
-        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {bound} | {_status(c)} |")
+        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {bound} | {_status(c)} | {c.note or '-'} |")
     add("")
     add(f"**Verdict**: {'PASS' if mol.passed else 'FAIL'}")
     add("")

@@ -112,6 +112,8 @@ class Timing(BaseModel):
     md_steps: int = 0
     ms_per_step: float | None = None
     atom_steps_per_s: float | None = None
+    model_call: str = "eager"
+    """``compiled`` when the model ran through ``torch.compile``, else why it ran eagerly."""
 
 
 class ValidationResult(BaseModel):

@@ -19,7 +19,7 @@ import torch
 
 from mdgate import __version__
 from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule
-from mdgate.config import GateConfig
+from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig
 from mdgate.errors import MdgateError, ModelInterfaceError
 from mdgate.md import StopLimits, run_nve
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
@@ -114,6 +114,29 @@ def md_limits(config: GateConfig) -> StopLimits:
         max_bond_deviation_A=req(c.max_bond_deviation_A),
         max_energy_deviation_meV_per_atom=req(c.max_energy_deviation_meV_per_atom, md.fail_fast_margin),
     )
+
+
+def prepare_model(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig) -> str:
+    """Compile the model for MD when the config asks for it (``md.compile``), checked against the
+    eager model on the first molecule. Returns how the model will be called.
+    """
+    md = config.md
+    work = md.n_steps * md.n_replicas * sum(len(m.atoms) for m in molecules)
+    if md.compile == Compile.OFF or (md.compile == Compile.AUTO and work < COMPILE_MIN_ATOM_STEPS):
+        return "eager"
+    # Check on the whole batch: a one-molecule call would specialise the compiled graph on size 1.
+    dev = potential.device
+    numbers = torch.as_tensor(np.concatenate([m.atoms.numbers for m in molecules for _ in range(md.n_replicas)]),
+                              device=dev)
+    pos = torch.as_tensor(np.concatenate([m.atoms.positions for m in molecules for _ in range(md.n_replicas)]),
+                          device=dev)
+    sizes = [len(m.atoms) for m in molecules for _ in range(md.n_replicas)]
+    sys_idx = torch.as_tensor(np.repeat(np.arange(len(sizes)), sizes), device=dev)
+    i, j = all_pairs(sys_idx)
+    if potential.cutoff_A is not None:
+        keep = (pos[i] - pos[j]).norm(dim=1) < potential.cutoff_A
+        i, j = i[keep], j[keep]
+    return potential.compile((numbers, pos, sys_idx, len(sizes), i, j))
 
 
 def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig,
@@ -255,6 +278,7 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     meta = meta or ModelMeta()
     t0 = time.perf_counter()
     inputs = load_inputs(model, config, meta, device)
+    model_call = prepare_model(inputs.potential, inputs.molecules, config)
     t_md = time.perf_counter()
     molecules = run_md(inputs.potential, inputs.molecules, config, progress)
     md_s = time.perf_counter() - t_md
@@ -268,7 +292,7 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     timing = Timing(
         total_s=time.perf_counter() - t0, md_s=md_s, accuracy_s=acc_s, device=str(inputs.potential.device),
         md_steps=steps, ms_per_step=md_s / steps * 1000 if steps else None,
-        atom_steps_per_s=atom_steps / md_s if md_s > 0 else None,
+        atom_steps_per_s=atom_steps / md_s if md_s > 0 else None, model_call=model_call,
     )
     result = assemble(model_info(str(model), inputs.potential, meta), config, molecules, accuracy, timing)
     if out_dir is not None:

@@ -110,6 +110,29 @@ class SchnetpackPotential:
         self._l = length_factor(meta.position_unit)
         self._max_z = self._find_max_z()
 
+    def compile(self, check: tuple[torch.Tensor, ...] | None = None, atol_eV_per_A: float = 1e-3) -> str:
+        """Compile the representation with ``torch.compile(dynamic=True)`` and keep it only if it
+        runs and reproduces the eager forces on ``check`` (the arguments of one call).
+
+        Returns:
+            ``"compiled"``, or why the eager model is kept.
+        """
+        rep = getattr(self.model, "representation", None)
+        if not isinstance(rep, nn.Module):
+            return "eager: model has no representation module to compile"
+        try:
+            expected = self(*check) if check is not None else None
+            self.model.representation = torch.compile(rep, dynamic=True)
+            if check is not None:
+                energy, forces = self(*check)
+                diff = float((forces - expected[1]).abs().max())
+                if not diff <= atol_eV_per_A:
+                    raise RuntimeError(f"compiled forces differ by {diff:.2e} eV/Å")
+        except Exception as e:  # any compiler failure: the eager model is always correct
+            self.model.representation = rep
+            return f"eager: compilation failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        return "compiled"
+
     def _find_max_z(self) -> int | None:
         for module in self.model.modules():
             if isinstance(module, nn.Embedding):
