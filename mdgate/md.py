@@ -205,8 +205,12 @@ def run_nve(
     limits: StopLimits | None = None,
     neighbor_skin_A: float = 0.0,
     progress: ProgressFn | None = None,
+    compile_at_step: int | None = None,
 ) -> list[Trajectory]:
     """Run NVE MD for every molecule × replica in one batch.
+
+    With ``compile_at_step``, the potential's ``request_compile()`` is called before that step
+    (when it has one and a trajectory still runs).
 
     A trajectory stops early when its positions, energy or forces become non-finite, or when
     it crosses one of ``limits`` (checked every ``record_every`` steps); the others go on.
@@ -265,6 +269,8 @@ def run_nve(
     half_dt_inv_m = 0.5 * dt / batch.masses[:, None]
     for step in range(0, n_steps + 1):
         if step > 0:
+            if step == compile_at_step and hasattr(potential, "request_compile"):
+                potential.request_compile()
             v = v + half_dt_inv_m * f
             x = x + dt * v
             e_pot, f = forces(x)

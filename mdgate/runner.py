@@ -116,27 +116,20 @@ def md_limits(config: GateConfig) -> StopLimits:
     )
 
 
-def prepare_model(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig) -> str:
-    """Compile the model for MD when the config asks for it (``md.compile``), checked against the
-    eager model on the first molecule. Returns how the model will be called.
-    """
+#: With ``compile: auto`` the model is compiled after this many steps, if any trajectory still
+#: runs: a model that fails fast is rejected without paying for compilation.
+COMPILE_AFTER_STEPS = 200
+
+
+def compile_step(molecules: list[Molecule], config: GateConfig) -> int | None:
+    """The MD step at which to compile the model (``md.compile``), or ``None`` for never."""
     md = config.md
     work = md.n_steps * md.n_replicas * sum(len(m.atoms) for m in molecules)
-    if md.compile == Compile.OFF or (md.compile == Compile.AUTO and work < COMPILE_MIN_ATOM_STEPS):
-        return "eager"
-    # Check on the whole batch: a one-molecule call would specialise the compiled graph on size 1.
-    dev = potential.device
-    numbers = torch.as_tensor(np.concatenate([m.atoms.numbers for m in molecules for _ in range(md.n_replicas)]),
-                              device=dev)
-    pos = torch.as_tensor(np.concatenate([m.atoms.positions for m in molecules for _ in range(md.n_replicas)]),
-                          device=dev)
-    sizes = [len(m.atoms) for m in molecules for _ in range(md.n_replicas)]
-    sys_idx = torch.as_tensor(np.repeat(np.arange(len(sizes)), sizes), device=dev)
-    i, j = all_pairs(sys_idx)
-    if potential.cutoff_A is not None:
-        keep = (pos[i] - pos[j]).norm(dim=1) < potential.cutoff_A
-        i, j = i[keep], j[keep]
-    return potential.compile((numbers, pos, sys_idx, len(sizes), i, j))
+    if md.compile == Compile.ON:
+        return 1
+    if md.compile == Compile.AUTO and work >= COMPILE_MIN_ATOM_STEPS and md.n_steps > COMPILE_AFTER_STEPS:
+        return COMPILE_AFTER_STEPS
+    return None
 
 
 def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig,
@@ -162,6 +155,7 @@ def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: Ga
             timestep_fs=md.timestep_fs, temperature_K=md.temperature_K, seed=md.seed,
             record_every=md.record_every, limits=md_limits(config),
             neighbor_skin_A=md.neighbor_skin_A, progress=on_progress,
+            compile_at_step=compile_step(molecules, config),
         )
     except MdgateError:
         raise
@@ -278,7 +272,6 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     meta = meta or ModelMeta()
     t0 = time.perf_counter()
     inputs = load_inputs(model, config, meta, device)
-    model_call = prepare_model(inputs.potential, inputs.molecules, config)
     t_md = time.perf_counter()
     molecules = run_md(inputs.potential, inputs.molecules, config, progress)
     md_s = time.perf_counter() - t_md
@@ -292,7 +285,7 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     timing = Timing(
         total_s=time.perf_counter() - t0, md_s=md_s, accuracy_s=acc_s, device=str(inputs.potential.device),
         md_steps=steps, ms_per_step=md_s / steps * 1000 if steps else None,
-        atom_steps_per_s=atom_steps / md_s if md_s > 0 else None, model_call=model_call,
+        atom_steps_per_s=atom_steps / md_s if md_s > 0 else None, model_call=inputs.potential.model_call,
     )
     result = assemble(model_info(str(model), inputs.potential, meta), config, molecules, accuracy, timing)
     if out_dir is not None:

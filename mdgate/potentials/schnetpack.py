@@ -109,6 +109,13 @@ class SchnetpackPotential:
         self._e = energy_factor(meta.energy_unit)
         self._l = length_factor(meta.position_unit)
         self._max_z = self._find_max_z()
+        self._compile_pending = False
+        self.model_call = "eager"
+        """``compiled`` once :meth:`compile` succeeded, else ``eager`` (with the reason if it failed)."""
+
+    def request_compile(self) -> None:
+        """Compile at the next call, checked against the eager result of that same call."""
+        self._compile_pending = True
 
     def compile(self, check: tuple[torch.Tensor, ...] | None = None, atol_eV_per_A: float = 1e-3) -> str:
         """Compile the representation with ``torch.compile(dynamic=True)`` and keep it only if it
@@ -130,8 +137,10 @@ class SchnetpackPotential:
                     raise RuntimeError(f"compiled forces differ by {diff:.2e} eV/Å")
         except Exception as e:  # any compiler failure: the eager model is always correct
             self.model.representation = rep
-            return f"eager: compilation failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        return "compiled"
+            self.model_call = f"eager: compilation failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            return self.model_call
+        self.model_call = "compiled"
+        return self.model_call
 
     def _find_max_z(self) -> int | None:
         for module in self.model.modules():
@@ -168,6 +177,9 @@ class SchnetpackPotential:
         idx_j: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies (eV, ``[n_systems]``) and forces (eV/Å, ``[n_atoms, 3]``), float64."""
+        if self._compile_pending:
+            self._compile_pending = False
+            self.compile((numbers, positions_A, system_idx, n_systems, idx_i, idx_j))
         n_atoms = torch.bincount(system_idx, minlength=n_systems)
         positions = (positions_A / self._l).to(self.dtype)
         inputs = {

@@ -15,7 +15,7 @@ from mdgate.config import Criteria, GateConfig
 from mdgate.md import Trajectory
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import prepare_model, run_md
+from mdgate.runner import compile_step, run_md
 
 
 def _traj(e_tot: np.ndarray, n_atoms: int = 10, timestep_fs: float = 0.5, every: int = 1) -> Trajectory:
@@ -63,15 +63,23 @@ def test_compiled_model_gives_the_eager_forces_and_the_same_md(untrained_model_p
     cfg = GateConfig.model_validate({"md": {"n_steps": 30, "compile": "on", "fail_fast": False}})
     eager = load_potential(untrained_model_path, ModelMeta(), "cpu")
     compiled = load_potential(untrained_model_path, ModelMeta(), "cpu")
-    assert prepare_model(compiled, mols, cfg) == "compiled"
-    assert prepare_model(eager, mols, cfg.model_copy(update={"md": cfg.md.model_copy(update={"compile": "off"})})) == "eager"
-    a = run_md(eager, mols, cfg)
+    off = cfg.model_copy(update={"md": cfg.md.model_copy(update={"compile": "off"})})
+    assert compile_step(mols, cfg) == 1 and compile_step(mols, off) is None
+    a = run_md(eager, mols, off)
     b = run_md(compiled, mols, cfg)
+    assert eager.model_call == "eager" and compiled.model_call == "compiled"
     for ma, mb in zip(a, b, strict=True):
         ea = np.array(ma.replicas[0].series["e_tot_minus_e0_meV_per_atom"])
         eb = np.array(mb.replicas[0].series["e_tot_minus_e0_meV_per_atom"])
         # float32 rounding only: far below the 2 meV/atom bound and the replica-to-replica spread
         assert np.max(np.abs(ea - eb)) < 0.05
+
+
+def test_auto_compiles_only_long_runs_after_the_fail_fast_window(packaged_molecules) -> None:  # noqa: ANN001
+    short = GateConfig.model_validate({"md": {"n_steps": 400}})
+    long = GateConfig.model_validate({"md": {"n_steps": 4000}})
+    assert compile_step(packaged_molecules, short) is None
+    assert compile_step(packaged_molecules, long) == 200
 
 
 def test_compile_falls_back_to_eager_when_the_model_cannot_be_checked(untrained_model_path) -> None:  # noqa: ANN001
