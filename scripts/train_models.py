@@ -16,7 +16,8 @@ for training and added back by ``AddOffsets``.
 
 Beside each ``<name>.pt`` the script writes ``<name>.json`` (metrics on the held-out reference
 set, metadata, training settings) and ``<name>.log`` (per-epoch progress). A resumable training
-state is kept in ``out/train/<name>.ckpt`` (git-ignored); ``--resume`` continues from it.
+state is kept in ``~/.cache/mdgate/train_models/<name>.ckpt`` (``--state-dir``); ``--resume``
+continues from it.
 
 Usage::
 
@@ -47,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PATH = ROOT / "scripts" / "data" / "train.extxyz"
 REFERENCE_PATH = ROOT / "mdgate" / "data" / "reference.extxyz"
 MODEL_DIR = ROOT / "examples" / "models"
-STATE_DIR = ROOT / "out" / "train"
+# Resumable training states live outside the work tree: other tools clean ``out/``.
+STATE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mdgate" / "train_models"
 CUTOFF_A = 5.0
 N_RBF = 20
 LEVEL_OF_THEORY = "GFN2-xTB"
@@ -402,6 +404,7 @@ class Logger:
 def save_model(model: spk.model.NeuralNetworkPotential, path: Path) -> None:
     """Save a float32 copy of ``model`` with post-processing on, atomically, as a full pickle."""
     model.do_postprocessing = True
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model, tmp)
     tmp.replace(path)
@@ -421,7 +424,7 @@ def train(
 
     The learning rate follows a warm-up plus cosine schedule over the progress
     ``max(step / total_steps, elapsed / max_minutes)``; training stops when it reaches 1.
-    A full training state is written to ``out/train/<name>.ckpt`` after every epoch.
+    A full training state is written to ``<STATE_DIR>/<name>.ckpt`` after every epoch.
 
     Args:
         name: model name (file stem).
@@ -431,7 +434,7 @@ def train(
         val_frames: validation frames (model selection by validation force MAE).
         settings: hyper-parameters.
         log: progress logger.
-        resume: continue from ``out/train/<name>.ckpt`` if it exists.
+        resume: continue from ``<STATE_DIR>/<name>.ckpt`` if it exists.
 
     Returns:
         A summary: epochs, steps, wall time, best epoch and its validation metrics.
@@ -541,19 +544,22 @@ def train(
             f"{f_abs / n_comp:.4f} {vm['force_mae_eV_per_A']:.4f} {vm['force_r2']:.5f} "
             f"{val_e:8.2f} {'*' if improved else ''}"
         )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "elapsed_s": wall,
-                "best": best,
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "elapsed_s": wall,
+            "best": best,
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        try:  # a lost training state must not end the run: the best model is already saved
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        except OSError as e:
+            log(f"# warning: could not write the training state {ckpt_path}: {e}")
     wall = time.perf_counter() - t_start
     log(f"# stopped after {epoch} epochs, {step} steps, {wall:.0f} s; best epoch {best['epoch']}")
     return {"epochs": epoch, "steps": step, "wall_time_s": round(wall, 1), "best": best}
@@ -675,8 +681,9 @@ def relabel(teacher: torch.nn.Module, frames: list[Frame]) -> list[Frame]:
 
 def run(args: argparse.Namespace) -> None:
     """Train one model as asked on the command line and write its files."""
-    global MODEL_DIR
+    global MODEL_DIR, STATE_DIR
     MODEL_DIR = Path(args.model_dir).resolve()
+    STATE_DIR = Path(args.state_dir).resolve()
     torch.set_num_threads(args.threads)
     set_seeds(args.seed)
     data = load_frames(Path(args.train))
@@ -766,10 +773,45 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
+def table(model_dir: Path) -> str:
+    """Return a Markdown table of the figures in the ``*.json`` files of ``model_dir``.
+
+    Args:
+        model_dir: folder with ``<name>.json`` files written by this script.
+
+    Returns:
+        The table, one row per model (small, teacher, then students by compression).
+    """
+    metas = [json.loads(p.read_text()) for p in sorted(model_dir.glob("*.json"))]
+    metas = [m for m in metas if "reference_metrics" in m]
+    teacher = next((m for m in metas if m["name"] == TEACHER_NAME), None)
+    metas.sort(key=lambda m: (m["parent"] is not None, -m["n_parameters"]))
+    rows = [
+        "| model | PaiNN (width × interactions) | parameters | compression vs teacher | epochs "
+        "| wall time (min) | force R² | force MAE (eV/Å) | force RMSE (eV/Å) "
+        "| energy MAE (meV/atom) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in metas:
+        rm = m["reference_metrics"]
+        ratio = f"{teacher['n_parameters'] / m['n_parameters']:.2f}×" if teacher else "-"
+        rows.append(
+            f"| `{m['file']}` | {m['n_atom_basis']} × {m['n_interactions']} "
+            f"| {m['n_parameters']:,} | {ratio} | {m['epochs']} | {m['wall_time_s'] / 60:.1f} "
+            f"| {rm['force_r2']:.4f} | {rm['force_mae_eV_per_A']:.4f} "
+            f"| {rm['force_rmse_eV_per_A']:.4f} | {rm['energy_mae_meV_per_atom']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["small", "teacher", "student"])
+    parser.add_argument(
+        "command",
+        choices=["small", "teacher", "student", "table"],
+        help="model to train, or 'table' to print the figures of the trained models",
+    )
     parser.add_argument("--compression", type=float, default=2.0, help="student: ratio (2, 5, 20)")
     parser.add_argument("--teacher", default=str(MODEL_DIR / f"{TEACHER_NAME}.pt"))
     parser.add_argument("--name", help="output file stem (default per command)")
@@ -791,12 +833,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="student: also train on the xTB-labelled frames this many times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--resume", action="store_true", help="continue from out/train/<name>.ckpt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <state-dir>/<name>.ckpt")
+    parser.add_argument("--state-dir", default=str(STATE_DIR),
+                        help="where the resumable training state is kept")
     parser.add_argument("--model-dir", default=str(MODEL_DIR), help="where to write the model files")
     parser.add_argument("--train", default=str(TRAIN_PATH))
     parser.add_argument("--reference", default=str(REFERENCE_PATH))
     return parser.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parse_args(argv)
+    if args.command == "table":
+        print(table(Path(args.model_dir)))
+    else:
+        run(args)
+
+
 if __name__ == "__main__":
-    run(parse_args(sys.argv[1:]))
+    main(sys.argv[1:])
