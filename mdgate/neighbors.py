@@ -58,13 +58,13 @@ class NeighborList:
         """Return the pairs for ``positions_A`` (``[n_atoms, 3]``, Å), rebuilding if needed."""
         if self.cutoff_A is None:
             return self._pairs
-        if self._ref is not None:
+        if self._ref is not None and self.skin_A > 0:
             moved = (positions_A - self._ref).norm(dim=1).max()
             if bool(moved <= 0.5 * self.skin_A):
                 return self._pairs
         d = (positions_A[self.cand_i] - positions_A[self.cand_j]).norm(dim=1)
         keep = d < self.cutoff_A + self.skin_A
         self._pairs = (self.cand_i[keep], self.cand_j[keep])
-        self._ref = positions_A.detach().clone()
+        self._ref = positions_A.detach().clone() if self.skin_A > 0 else positions_A
         self.n_builds += 1
         return self._pairs

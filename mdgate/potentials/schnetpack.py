@@ -180,22 +180,34 @@ class SchnetpackPotential:
         if self._compile_pending:
             self._compile_pending = False
             self.compile((numbers, positions_A, system_idx, n_systems, idx_i, idx_j))
-        n_atoms = torch.bincount(system_idx, minlength=n_systems)
         positions = (positions_A / self._l).to(self.dtype)
         inputs = {
             "_atomic_numbers": numbers,
             "_positions": positions,
             "_idx_m": system_idx,
-            "_n_atoms": n_atoms,
             "_idx_i": idx_i,
             "_idx_j": idx_j,
-            "_offsets": torch.zeros((idx_i.numel(), 3), dtype=self.dtype, device=self.device),
-            "_cell": torch.zeros((n_systems, 3, 3), dtype=self.dtype, device=self.device),
-            "_pbc": torch.zeros((n_systems, 3), dtype=torch.bool, device=self.device),
+            **self._static_inputs(system_idx, n_systems, idx_i.numel()),
         }
         with torch.enable_grad():
             out = self.model(inputs)
         return self._extract(out, positions.shape[0], n_systems)
+
+    def _static_inputs(self, system_idx: torch.Tensor, n_systems: int, n_pairs: int) -> dict[str, torch.Tensor]:
+        """Inputs that only change with the batch (cached between MD steps): atoms per molecule,
+        zero cell and pbc (isolated molecules), zero pair offsets."""
+        # Keyed on the tensor object itself, which is kept alive so its identity cannot be reused.
+        if getattr(self, "_static_sys", None) is not system_idx or self._static_n != n_systems:
+            self._static_sys, self._static_n = system_idx, n_systems
+            self._static = {
+                "_n_atoms": torch.bincount(system_idx, minlength=n_systems),
+                "_cell": torch.zeros((n_systems, 3, 3), dtype=self.dtype, device=self.device),
+                "_pbc": torch.zeros((n_systems, 3), dtype=torch.bool, device=self.device),
+            }
+            self._zeros = torch.zeros((0, 3), dtype=self.dtype, device=self.device)
+        if self._zeros.shape[0] < n_pairs:
+            self._zeros = torch.zeros((2 * n_pairs, 3), dtype=self.dtype, device=self.device)
+        return {**self._static, "_offsets": self._zeros[:n_pairs]}
 
     def _extract(self, out: object, n_atoms: int, n_systems: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(out, dict):
