@@ -78,9 +78,15 @@ class Receiver:
     """The webhook receiver on a uvicorn server in a background thread."""
 
     def __init__(self, settings: Settings, secret: str, criteria_sha256: str):
+        registry = registry_for(settings)
+
         async def start(name: str, version: str) -> str:
             run = await astart_gate(settings, name, version, 0, criteria_sha256)
-            logger.info("webhook: gate %s/%s → flow run %s", name, version, run.id)
+            # Running within seconds: the version is claimed for the run, which adopts the claim.
+            outcome = await asyncio.to_thread(registry.claim, name, version, settings.lease_s, str(run.id),
+                                              queued=True)
+            logger.info("webhook: gate %s/%s → flow run %s (%s)", name, version, run.id,
+                        "claimed" if outcome.claim else outcome.reason)
             return str(run.id)
 
         app = create_app(secret, start, settings.webhook_tolerance_s, settings.webhook_max_body_bytes,

@@ -18,7 +18,7 @@ from prefect.deployments.flow_runs import arun_deployment
 from flows.gate import REGISTRY_TASK, registry_for
 from flows.settings import SWEEP_FLOW, Settings, load_settings
 from mdgate.config import load_config
-from registry.types import VersionInfo
+from registry.types import ClaimOutcome, VersionInfo
 
 
 def gate_key(name: str, version: str, generation: int, criteria_sha256: str) -> str:
@@ -57,6 +57,13 @@ def start_gate(settings: Settings, version: VersionInfo, criteria_sha256: str) -
     return str(run.id)  # type: ignore[union-attr]
 
 
+@task(name="claim-for-run", **REGISTRY_TASK)
+def claim_for_run(settings: Settings, version: VersionInfo, flow_run: str) -> ClaimOutcome:
+    """Mark the version Running for the gate run just created (the run adopts the claim)."""
+    return registry_for(settings).claim(version.name, version.version, settings.lease_s, flow_run,
+                                        queued=True)
+
+
 @flow(name=SWEEP_FLOW, persist_result=False)
 def sweep_registry(limit: int = 100) -> list[str]:
     """Start gates for what webhooks missed: versions never gated and expired leases.
@@ -74,6 +81,7 @@ def sweep_registry(limit: int = 100) -> list[str]:
     started = []
     for v in due[:limit]:
         run_id = start_gate(settings, v, sha)
+        claim_for_run(settings, v, run_id)
         why = "no status" if v.status is None else v.status.value
         if v.status is not None and v.status.value == "Running":
             why += " (lease expired)"

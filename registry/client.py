@@ -181,26 +181,40 @@ class Registry:
                 self.client.set_model_version_tag(name, version, key, value)
 
     def claim(self, name: str, version: str, lease_s: float, flow_run: str | None = None,
-              force: bool = False) -> ClaimOutcome:
-        """Take the lease on a version (status → Running), or say why not.
+              force: bool = False, queued: bool = False) -> ClaimOutcome:
+        """Take the lease on a version (status → Running) for ``flow_run``, or say why not.
+
+        A trigger that has just created a gate run claims the version for that run (``queued``),
+        so the version is Running within seconds of its registration; the run then adopts the
+        claim (same ``flow_run``) when it starts, and renews the lease.
 
         Refused when the version already has a verdict (unless ``force``) or is Running with a
-        live lease (even with ``force``), or when another gate claimed it first.
+        live lease held by another flow run (even with ``force``), or when another gate claimed
+        it first.
         """
         info = self.get_version(name, version)
         now = utcnow()
-        if info.status == Status.RUNNING and not info.lease_expired(now, lease_s):
+        expires = now + timedelta(seconds=lease_s)
+        running = info.status == Status.RUNNING
+        if running and flow_run and info.flow_run == flow_run and info.claim > 0:
+            self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
+                                          T.REASON: f"gate running (flow run {flow_run})"})
+            return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=info.claim,
+                                            flow_run=flow_run, lease_s=lease_s, expires_at=expires),
+                                status=Status.RUNNING)
+        if running and not info.lease_expired(now, lease_s):
             until = iso(info.lease_expires_at) if info.lease_expires_at else "?"
-            return ClaimOutcome(status=info.status, reason=f"already Running (lease until {until})")
+            return ClaimOutcome(status=info.status, reason=f"already Running (flow run {info.flow_run}, "
+                                                           f"lease until {until})")
         if info.status is not None and info.status.is_final and not force:
             return ClaimOutcome(status=info.status, reason=f"already {info.status.value}")
         generation = info.claim + 1
         if not self._take_lock(name, version, generation):
             return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
-        expires = now + timedelta(seconds=lease_s)
+        what = "gate queued" if queued else "gate running"
         self.set_tags(name, version, {
             T.CLAIM: str(generation), T.LEASE_EXPIRES_AT: iso(expires), T.FLOW_RUN: flow_run or "",
-            T.REASON: "gate running" + (f" (flow run {flow_run})" if flow_run else ""),
+            T.REASON: what + (f" (flow run {flow_run})" if flow_run else ""),
             T.UPDATED_AT: iso(now), T.STATUS: Status.RUNNING.value,
         })
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,

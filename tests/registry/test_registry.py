@@ -110,11 +110,11 @@ def test_claim_is_race_safe(registry: Registry, bad_model: ModelFile) -> None:
     outcomes = []
     barrier = threading.Barrier(8)
 
-    def claim() -> None:
+    def claim(i: int) -> None:
         barrier.wait()
-        outcomes.append(registry.claim(name, version, lease_s=60, flow_run="t"))
+        outcomes.append(registry.claim(name, version, lease_s=60, flow_run=f"run-{i}"))
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -123,8 +123,10 @@ def test_claim_is_race_safe(registry: Registry, bad_model: ModelFile) -> None:
     assert len(claims) == 1 and claims[0].generation == 1
     info = registry.get_version(name, version)
     assert info.status == Status.RUNNING and info.claim == 1 and info.lease_expires_at is not None
-    # a live lease is not taken over, even with force
-    assert registry.claim(name, version, lease_s=60, force=True).claim is None
+    # a live lease is not taken over, even with force; the run it was claimed for adopts it
+    assert registry.claim(name, version, lease_s=60, flow_run="other", force=True).claim is None
+    adopted = registry.claim(name, version, lease_s=60, flow_run=info.flow_run).claim
+    assert adopted is not None and adopted.generation == 1
 
 
 def test_versions_to_gate(registry: Registry, bad_model: ModelFile, tmp_path: Path) -> None:
