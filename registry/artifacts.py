@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from mdgate.errors import MetadataError, ModelLoadError, MoleculeSetError
 from mdgate.potentials import ModelMeta
+from mdgate.potentials.spec import SPEC_FILE
 from registry import types as T
 from registry.client import Registry, translate_errors
 from registry.errors import RegistryError, TransientRegistryError
@@ -52,7 +53,8 @@ def download(registry: Registry, artifact_uri: str, dst: Path, what: str) -> Pat
 
 
 def find_model_file(path: Path, source: str) -> Path:
-    """The model file in a downloaded version: the ``mlflow.pytorch`` pickle, or the one
+    """The model file in a downloaded version: the folder of a state-dict model
+    (``architecture.json`` + ``state_dict.pt``), the ``mlflow.pytorch`` pickle, or the one
     schnetpack/torch file of a plain artifact folder.
 
     Raises:
@@ -63,6 +65,9 @@ def find_model_file(path: Path, source: str) -> Path:
     files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
     if not files:
         raise ModelLoadError(f"the version's model artifact is missing: nothing found at {source}")
+    specs = [p for p in files if p.name == SPEC_FILE]
+    if len(specs) == 1:  # weights + architecture spec, loaded with weights_only=True
+        return specs[0].parent
     mlmodel = path / "MLmodel"
     if mlmodel.is_file():
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 from mdgate.errors import MetadataError
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import count_parameters, find_cutoff_A, load_module
+from mdgate.potentials.spec import SPEC_FILE, WEIGHTS_FILE, is_state_dict_model
 from registry import types as T
 from registry.artifacts import file_sha256
 from registry.client import Registry, iso, to_info, translate_errors
@@ -59,7 +62,9 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
 
     Args:
         registry: the registry.
-        model_path: a ``torch.save(model)`` file (e.g. schnetpack ``best_model``).
+        model_path: a ``torch.save(model)`` file (e.g. schnetpack ``best_model``), or a folder in
+            the state-dict format (``architecture.json`` + ``state_dict.pt``, loaded with
+            ``weights_only=True``; see :mod:`mdgate.potentials.spec`), logged as it is.
         name: registered model name.
         parent: the model this one derives from, ``name/version`` (must be registered) or free text.
         meta: metadata (:class:`~mdgate.potentials.ModelMeta` fields); units default to eV and Å,
@@ -86,7 +91,7 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
     tags = {
         T.CUTOFF_A: f"{cutoff:g}", T.ENERGY_UNIT: m.energy_unit, T.POSITION_UNIT: m.position_unit,
         T.ENERGY_KEY: m.energy_key, T.FORCES_KEY: m.forces_key,
-        T.N_PARAMETERS: str(count_parameters(module)), T.MODEL_SHA256: file_sha256(path),
+        T.N_PARAMETERS: str(count_parameters(module)), T.MODEL_SHA256: model_sha256(path),
     }
     if m.parent:
         tags[T.PARENT] = m.parent
@@ -96,11 +101,17 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
         tags[T.LEVEL_OF_THEORY] = m.level_of_theory
     with tempfile.TemporaryDirectory(prefix="mdgate-register-") as tmp:
         local = Path(tmp) / "model"
-        mlflow.pytorch.save_model(
-            module, str(local), serialization_format="pickle", metadata={"mdgate": tags},
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"schnetpack=={schnetpack.__version__}"],
-        )
+        if is_state_dict_model(path):  # weights + spec: stored as they are, never re-pickled
+            folder = path if path.is_dir() else path.parent
+            local.mkdir()
+            for fname in (SPEC_FILE, WEIGHTS_FILE):
+                shutil.copy(folder / fname, local / fname)
+        else:
+            mlflow.pytorch.save_model(
+                module, str(local), serialization_format="pickle", metadata={"mdgate": tags},
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"schnetpack=={schnetpack.__version__}"],
+            )
         with translate_errors(f"logging {path.name}"):
             client = registry.client
             exp = client.get_experiment_by_name(REGISTRATION_EXPERIMENT)
@@ -122,6 +133,17 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
             description=description,
         )
     return to_info(mv)
+
+
+def model_sha256(path: Path) -> str:
+    """sha256 of a model file, or of a state-dict model's spec and weights (in that order)."""
+    if not is_state_dict_model(path):
+        return file_sha256(path)
+    folder = path if path.is_dir() else path.parent
+    h = hashlib.sha256()
+    for fname in (SPEC_FILE, WEIGHTS_FILE):
+        h.update(file_sha256(folder / fname).encode())
+    return h.hexdigest()
 
 
 def _registered_parent_parameters(registry: Registry, parent: str) -> int | None:

@@ -26,12 +26,18 @@ def load_module(path: str | Path, device: torch.device | str = "cpu") -> nn.Modu
     """Load a pickled torch model file (``torch.save(model)``, e.g. schnetpack's ``best_model``).
 
     Loading a pickle runs code from the file: only load models from a trusted registry.
-    Old schnetpack files are upgraded with ``schnetpack.utils.load_model``.
+    Old schnetpack files are upgraded with ``schnetpack.utils.load_model``. A folder with
+    ``architecture.json`` + ``state_dict.pt`` (:mod:`mdgate.potentials.spec`) is rebuilt from
+    its spec and loaded with ``weights_only=True``: no code from the files runs.
 
     Raises:
         ModelLoadError: if the file is missing, is not a torch file, or holds no ``nn.Module``.
     """
+    from mdgate.potentials.spec import is_state_dict_model, load_state_dict_model
+
     path = Path(path)
+    if is_state_dict_model(path):
+        return load_state_dict_model(path, device)
     if path.is_dir():
         candidates = [path / n for n in ("best_model", "model.pt", "data/model.pth")]
         found = [c for c in candidates if c.is_file()]
