@@ -60,7 +60,7 @@ def make_painn(n_atom_basis: int, n_interactions: int, cutoff: float = 5.0) -> t
                         spk.atomistic.Forces(energy_key="energy", force_key="forces")])
 
 
-def median_time(fn, reps: int) -> float:  # noqa: ANN001
+def median_time(fn, reps: int) -> float:
     """Median wall time of ``fn()`` over ``reps`` calls (seconds)."""
     times = []
     for _ in range(reps):
@@ -136,7 +136,7 @@ def bench_spk_md(path: str, cutoff: float, mols: list[Molecule], n_replicas: int
     return n_atoms * steps / median_time(lambda: sim.simulate(steps), reps)
 
 
-def bench_engine_and_model(pot, mols: list[Molecule], n_replicas: int, steps: int, reps: int) -> tuple[float, float]:  # noqa: ANN001
+def bench_engine_and_model(pot, mols: list[Molecule], n_replicas: int, steps: int, reps: int) -> tuple[float, float]:
     """C and D: the engine (fail-fast off) and the bare model call on the same batch, atom-steps/s."""
     run_nve(pot, mols, n_replicas=n_replicas, n_steps=3, timestep_fs=0.5, temperature_K=300, neighbor_skin_A=0.0)
     n_atoms = sum(len(m.atoms) for m in mols) * n_replicas
@@ -162,7 +162,7 @@ def bench_engine_and_model(pot, mols: list[Molecule], n_replicas: int, steps: in
     return n_atoms * steps / c, n_atoms * steps / d
 
 
-def compiled_potential(path: str, mols: list[Molecule], n_replicas: int, device: str):  # noqa: ANN201
+def compiled_potential(path: str, mols: list[Molecule], n_replicas: int, device: str):
     """The potential as the engine runs long validations: ``torch.compile``d and checked."""
     pot = load_potential(path, ModelMeta(), device)
     run_nve(pot, mols, n_replicas=n_replicas, n_steps=2, timestep_fs=0.5, temperature_K=300, compile_at_step=1)
@@ -229,6 +229,7 @@ def bench_concurrency(path: str, steps: int) -> dict:
 
 
 def main() -> None:
+    """Run every case and print the table and the JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=40)
@@ -288,7 +289,8 @@ def main() -> None:
                      f"| {r['C_engine']:.0f} | {r['D_model']:.0f} | {r['C_compiled']:.0f} | {r['D_compiled']:.0f} "
                      f"| {r['C_over_A']:.2f}x | {r['Cc_over_A']:.2f}x | {cb} | {r['C_time_over_D_time']:.3f} "
                      f"| {r['Cc_time_over_Dc_time']:.3f} |")
-    lines += ["", f"Fail-fast (untrained PaiNN, default set of 10 molecules, 2000 steps, time to verdict): {ff['on_s']:.2f} s on vs "
+    lines += ["", "Fail-fast (untrained PaiNN, default set of 10 molecules, 2000 steps, time to verdict): "
+              f"{ff['on_s']:.2f} s on vs "
               f"{ff['off_s']:.2f} s off = {ff['fraction']:.3f} of the time."]
     if conc:
         lines.append(f"CPU concurrency (2 per-molecule tasks): sequential {conc['sequential_s']:.1f} s, "

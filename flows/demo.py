@@ -22,7 +22,7 @@ from pathlib import Path
 
 from flows.servers import is_up
 from flows.settings import Settings
-from registry import Registry, Status, VersionInfo
+from registry import Registry, VersionInfo
 from registry import types as T
 from registry.artifacts import download, file_sha256
 
@@ -104,7 +104,7 @@ def stop_serve(settings: Settings) -> bool:
     return True
 
 
-def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:  # noqa: ANN001
+def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
     """Register the teacher and the students once; a re-run reuses versions of the same files."""
     from registry.register import register_potential
 
@@ -129,13 +129,14 @@ def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:  # 
             parent_ref = f"{MODEL_NAME}/{by_stem[parent].version}" if parent else None
             info = register_potential(registry, path, MODEL_NAME, parent_ref, meta,
                                       description=f"mdgate demo: {stem}")
-            echo(f"  {stem}: registered {MODEL_NAME} v{info.version}" + (f" (parent {parent_ref})" if parent_ref else ""))
+            via = f" (parent {parent_ref})" if parent_ref else ""
+            echo(f"  {stem}: registered {MODEL_NAME} v{info.version}{via}")
         by_stem[stem] = info
         rows.append(Row(stem, info))
     return rows
 
 
-def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float, echo) -> None:  # noqa: ANN001
+def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float, echo) -> None:
     """Poll the registry until every version has a final status, printing changes."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
@@ -199,7 +200,7 @@ def study_table(rows: list[Row]) -> list[dict[str, str]]:
 
 
 def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: float = 2400.0,
-             echo=print) -> list[dict[str, str]]:  # noqa: ANN001
+             echo=print) -> list[dict[str, str]]:
     """Run the whole demo; return the study table."""
     t0 = time.monotonic()
     config = settings.config or demo_profile()

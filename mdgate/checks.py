@@ -1,5 +1,6 @@
 """Checks: turn recorded trajectories and reference-set predictions into measured values,
-bounds and pass/fail. A failing model is data here, never an exception."""
+bounds and pass/fail. A failing model is data here, never an exception.
+"""
 
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ def validate(
     from mdgate.potentials import ModelMeta
     from mdgate.report import write_report
     from mdgate.results import Verdict
-    from mdgate.runner import error_result, validate as run_validate
+    from mdgate.runner import error_result
+    from mdgate.runner import validate as run_validate
 
     try:
         cfg = load_config(config)
@@ -122,7 +123,7 @@ def validate(
 class _progress:
     """A rich progress bar per molecule on stderr, started at the first MD step."""
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -207,7 +207,7 @@ def _summary_text(result: ValidationResult) -> str:
     return " ".join(parts)
 
 
-def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> None:  # noqa: ANN001
+def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> None:
     add(f"### {mol.name}")
     add("")
     add(f"**Formula**: {mol.formula}  ")
@@ -249,7 +249,7 @@ def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> N
     add("")
 
 
-def _accuracy_section(result: ValidationResult, add) -> None:  # noqa: ANN001
+def _accuracy_section(result: ValidationResult, add) -> None:
     acc = result.accuracy
     assert acc is not None
     add("## Accuracy on the Reference Set")
@@ -267,7 +267,7 @@ def _accuracy_section(result: ValidationResult, add) -> None:  # noqa: ANN001
     add("")
 
 
-def _analysis(result: ValidationResult, add) -> None:  # noqa: ANN001
+def _analysis(result: ValidationResult, add) -> None:
     add("## Analysis")
     add("")
     failing: dict[str, list[str]] = {}

@@ -212,7 +212,8 @@ def decide(molecules: list[MoleculeResult], accuracy: AccuracyResult | None) -> 
                 failed.append(f"accuracy: {c.name} = {_fmt(c.value)} (bound {c.comparison} {_fmt(c.bound)})")
     if failed:
         names = list(dict.fromkeys(f.split(": ")[1].split(" =")[0] for f in failed))
-        return Verdict.REJECTED, f"{len(failed)} required checks failed ({', '.join(names)}); first: {failed[0]}", failed
+        reason = f"{len(failed)} required checks failed ({', '.join(names)}); first: {failed[0]}"
+        return Verdict.REJECTED, reason, failed
     n = sum(len(m.replicas) for m in molecules)
     acc = f", force R² {accuracy.force_r2:.4f}" if accuracy is not None and accuracy.applicable else ""
     return Verdict.APPROVED, f"all required checks passed on {len(molecules)} molecules ({n} trajectories){acc}", failed

@@ -137,7 +137,7 @@ class SchnetpackPotential:
             expected = self(*check) if check is not None else None
             self.model.representation = torch.compile(rep, dynamic=True)
             if check is not None:
-                energy, forces = self(*check)
+                _, forces = self(*check)
                 diff = float((forces - expected[1]).abs().max())
                 if not diff <= atol_eV_per_A:
                     raise RuntimeError(f"compiled forces differ by {diff:.2e} eV/Å")
@@ -201,7 +201,8 @@ class SchnetpackPotential:
 
     def _static_inputs(self, system_idx: torch.Tensor, n_systems: int, n_pairs: int) -> dict[str, torch.Tensor]:
         """Inputs that only change with the batch (cached between MD steps): atoms per molecule,
-        zero cell and pbc (isolated molecules), zero pair offsets."""
+        zero cell and pbc (isolated molecules), zero pair offsets.
+        """
         # Keyed on the tensor object itself, which is kept alive so its identity cannot be reused.
         if getattr(self, "_static_sys", None) is not system_idx or self._static_n != n_systems:
             self._static_sys, self._static_n = system_idx, n_systems
