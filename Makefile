@@ -1,5 +1,9 @@
 # mdgate: `make demo` runs the main job, `make test` runs the tests. Both set up .venv first.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip warns about every unreadable local index location configured on some machines: hide that
+# noise (pip's own exit status still counts: pipefail).
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 VENV := .venv
 PY := $(VENV)/bin/python
 # Find a Python 3.12: PYTHON312 if given, else python3.12 on PATH, else a pyenv install.
@@ -12,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if [ -z "$(PYTHON312)" ]; then echo "error: Python 3.12 not found. Install it (e.g. 'pyenv install 3.12') or pass PYTHON312=/path/to/python3.12" >&2; exit 2; fi; \
 	  echo "creating $(VENV) with $(PYTHON312)"; $(PYTHON312) -m venv $(VENV); fi
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[test,dev]' $(QUIET_PIP)
 	@touch $@
 
 venv: $(VENV)/.installed
