@@ -1,6 +1,7 @@
 """The demo path end to end with the smallest settings: `mdgate demo` starts `mdgate serve` (and
 with it MLflow and Prefect), registers a teacher and three students, and every version ends with
-a final status and a report."""
+a final status and a report.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.models import MODEL_META, build_painn
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
-def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: torch.Tensor, monkeypatch) -> None:  # noqa: ANN001
+def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: torch.Tensor, monkeypatch) -> None:
     from flows.demo import MODEL_NAME, STUDY, run_demo, serve_running, stop_serve
     from flows.servers import free_port
     from flows.settings import load_settings
@@ -56,7 +57,8 @@ def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: to
         assert all(Path(row["report"]).is_file() for row in table)
         # students name the teacher as their parent; a re-run registers nothing new
         teacher = next(v for v in versions if v.tags.get("mdgate.parent") is None)
-        assert all(v.tags.get("mdgate.parent") == f"{MODEL_NAME}/{teacher.version}" for v in versions if v is not teacher)
+        parent = f"{MODEL_NAME}/{teacher.version}"
+        assert all(v.tags.get("mdgate.parent") == parent for v in versions if v is not teacher)
         run_demo(settings, models, timeout_s=300, echo=print)
         assert len(reg.list_versions(MODEL_NAME)) == 4
     finally:
