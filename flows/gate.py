@@ -5,8 +5,9 @@ the verdict: ``Completed(name="Approved")`` and ``Completed(name="Rejected")`` (
 job: a rejected model is an expected outcome, not an orchestration failure), and
 ``Failed(name="Error")`` when the model could not be validated (bad artifact, model without
 forces, MD timeout, internal error): that needs a person. A version that is already gated or
-being gated ends ``Completed(name="Skipped")``. Registry outages fail the flow and leave the
-version Running: the sweep gates it again once its lease expires.
+being gated ends ``Completed(name="Skipped")``. Registry outages (and an unreachable Dask cluster
+with ``MDGATE_TASK_RUNNER=dask``) fail the flow and leave the version Running: the sweep gates it
+again once its lease expires.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 
+from flows.dask_tasks import DaskUnavailableError
 from flows.progress import GateProgress
 from flows.settings import GATE_FLOW, Settings, load_settings
 from mdgate.config import GateConfig, load_config
@@ -111,10 +113,16 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
     The timeout is checked at every step (a thread cannot be interrupted from outside): the
     task raises :class:`MDTimeoutError`, which ends the gate as Error.
     """
+    import os
+    import socket
+
     from mdgate.runner import configure_threads, run_md
 
     configure_threads(threads)
     deadline = time.monotonic() + timeout_s
+    get_run_logger().info("MD of %s (%d atoms, %d replicas, %d steps) in process %d on %s",
+                          molecule.name, len(molecule.atoms), config.md.n_replicas, config.md.n_steps,
+                          os.getpid(), socket.gethostname())
 
     def tick(name: str, step: int, n_steps: int, running: bool) -> None:
         if abort.is_set():
@@ -194,7 +202,7 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     extra: dict[str, str] = {}
     try:
         result, extra = run_gate(settings, claim, gate_config, work, key, source)
-    except (TransientRegistryError, LeaseLostError):
+    except (TransientRegistryError, LeaseLostError, DaskUnavailableError):
         raise
     except MdgateError as e:
         result = _error(str(e), source, gate_config)
@@ -269,6 +277,10 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
         renew=lambda: registry.renew(claim), renew_every_s=settings.lease_s / 3,
     )
     md_task = md_molecule.with_options(tags=[settings.gpu_tag])
+    if settings.task_runner == "dask":
+        from flows.dask_tasks import run_on_dask
+
+        return run_on_dask(settings, md_task, inputs.potential, molecules, config, progress, MDAbortedError)
     abort = threading.Event()
     pending = list(molecules)
     running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +61,21 @@ class Settings(BaseSettings):
     gpu_limit: Annotated[int, Field(ge=1)] = 2
     """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
     once over all gates (set it to the number of GPUs on GPU workers)."""
+    task_runner: Literal["local", "dask"] = "local"
+    """Where a gate's per-molecule MD tasks run: ``local`` (threads of the flow's process, at most
+    ``md_parallel`` at once) or ``dask`` (a Dask cluster through prefect-dask: the one at
+    ``dask_address``, else one each gate starts from ``dask_cluster_class``); ``flows/dask_tasks.py``."""
+    dask_address: str | None = None
+    """Scheduler of a running Dask cluster, e.g. ``tcp://10.0.0.5:8786`` (with ``task_runner=dask``)."""
+    dask_cluster_class: str = "distributed.LocalCluster"
+    """Without ``dask_address``: the Dask cluster class each gate starts for its MD tasks."""
+    dask_cluster_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Its keyword arguments, as JSON (``MDGATE_DASK_CLUSTER_KWARGS='{"n_workers": 4}'``)."""
+    dask_resources: dict[str, float] = Field(default_factory=dict)
+    """Dask worker resources one MD task holds, as JSON: ``{"GPU": 1}`` with workers started
+    ``--resources GPU=1`` runs at most one MD task per GPU."""
+    dask_md_threads: Annotated[int, Field(ge=1)] = 1
+    """Torch CPU threads of an MD task on a Dask worker (give workers one thread per task)."""
     max_gates: Annotated[int, Field(ge=1)] = 1
     """Gates one ``mdgate serve`` process runs at the same time."""
     poll_s: Annotated[float, Field(gt=0)] = 2.0
