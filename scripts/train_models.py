@@ -691,6 +691,7 @@ def run(args: argparse.Namespace) -> None:
     train_frames, val_frames = split_train_val(data, args.val_fraction)
     atomrefs = fit_atomrefs(train_frames)
     parent, extra = None, {}
+    epochs = args.max_epochs or 10_000
     if args.command == "small":
         name = args.name or "painn_small"
         width, depth = args.n_atom_basis or 32, args.n_interactions or 3
@@ -708,7 +709,11 @@ def run(args: argparse.Namespace) -> None:
             width, depth = args.n_atom_basis, args.n_interactions
         else:
             width, depth = student_architecture(args.compression, teacher_params)
-        minutes = args.max_minutes or 10.0
+        # Students get the same number of optimizer steps (10 epochs of the distillation set,
+        # about 10 minutes for the 2x student on an idle core), so that a busy machine does not
+        # shorten one student's training more than another's; 30 minutes is only a safety cap.
+        minutes = args.max_minutes or 30.0
+        epochs = args.max_epochs or 10
         parent = teacher_path.stem
         # Teacher-labelled training geometries plus teacher-labelled perturbed copies.
         distill = relabel(teacher, train_frames)
@@ -739,7 +744,7 @@ def run(args: argparse.Namespace) -> None:
         lr=args.lr,
         energy_weight=args.energy_weight,
         forces_weight=1.0 - args.energy_weight,
-        max_epochs=args.max_epochs,
+        max_epochs=epochs,
         max_minutes=minutes,
         val_fraction=args.val_fraction,
         seed=args.seed,
@@ -821,9 +826,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--energy-weight", type=float, default=0.5,
                         help="weight of the per-atom energy MSE; forces get 1 - this")
-    parser.add_argument("--max-epochs", type=int, default=10_000)
+    parser.add_argument("--max-epochs", type=int,
+                        help="epoch budget (default: student 10, else 10000, i.e. time-limited)")
     parser.add_argument("--max-minutes", type=float,
-                        help="wall-time budget (default: small 14, teacher 45, student 10)")
+                        help="wall-time budget (default: small 14, teacher 45, student 30 as a cap)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--n-perturbed", type=int, default=1,
                         help="student: perturbed copies of each training geometry")
