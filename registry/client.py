@@ -7,6 +7,12 @@ The status tag is the lease. A claim is made race-safe by an atomic create: clai
 of a version is the MLflow experiment ``mdgate-claims/<name>/v<version>/<g>``, and experiment
 names are unique in MLflow's SQL store, so of any number of gates that read the same state and
 try to claim, exactly one succeeds. The experiment is deleted at once (its name stays taken).
+
+The claim's tags are separate writes, so a gate may read a version while another gate is
+writing its claim: the claim number is written after the status (Running, with its lease), so a
+reader that sees the new number also sees a live lease and backs off, and one that sees the old
+number tries the same lock and loses. The flow run is written last: whoever finds its own flow
+run there also finds the claim number it adopts.
 """
 
 from __future__ import annotations
@@ -196,6 +202,10 @@ class Registry:
         now = utcnow()
         expires = now + timedelta(seconds=lease_s)
         running = info.status == Status.RUNNING
+        if running and flow_run and info.flow_run != flow_run and not info.lease_expired(now, lease_s):
+            time.sleep(0.5)  # a trigger may be writing its claim for this very run: look once more
+            info = self.get_version(name, version)
+            running = info.status == Status.RUNNING
         if running and flow_run and info.flow_run == flow_run and info.claim > 0:
             self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
                                           T.REASON: f"gate running (flow run {flow_run})"})
@@ -212,10 +222,12 @@ class Registry:
         if not self._take_lock(name, version, generation):
             return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
         what = "gate queued" if queued else "gate running"
+        # In this order (module docstring): a reader never sees the new claim number without a
+        # live Running lease, nor its own flow run without the new claim number.
         self.set_tags(name, version, {
-            T.CLAIM: str(generation), T.LEASE_EXPIRES_AT: iso(expires), T.FLOW_RUN: flow_run or "",
-            T.REASON: what + (f" (flow run {flow_run})" if flow_run else ""),
-            T.UPDATED_AT: iso(now), T.STATUS: Status.RUNNING.value,
+            T.LEASE_EXPIRES_AT: iso(expires), T.REASON: what + (f" (flow run {flow_run})" if flow_run else ""),
+            T.UPDATED_AT: iso(now), T.STATUS: Status.RUNNING.value, T.CLAIM: str(generation),
+            T.FLOW_RUN: flow_run or "",
         })
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
