@@ -117,9 +117,12 @@ def webhook_encryption_key(home: Path) -> str:
 
 
 def start_mlflow_server(home: Path, host: str = "127.0.0.1", port: int = 5000,
-                        extra_env: dict[str, str] | None = None) -> ServerProcess:
-    """``mlflow server`` with SQLite in ``home/mlflow.db`` and proxied artifacts in
-    ``home/mlartifacts``, configured to deliver webhooks to a receiver on a private address.
+                        extra_env: dict[str, str] | None = None, backend_store_uri: str | None = None,
+                        workers: int = 1) -> ServerProcess:
+    """``mlflow server`` with SQLite in ``home/mlflow.db`` (or ``backend_store_uri``, e.g.
+    ``postgresql://user:password@host:5432/mlflow``) and proxied artifacts in ``home/mlartifacts``,
+    configured to deliver webhooks to a receiver on a private address. More than one uvicorn
+    worker needs a server database (PostgreSQL), not SQLite.
     """
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -133,23 +136,28 @@ def start_mlflow_server(home: Path, host: str = "127.0.0.1", port: int = 5000,
         "MLFLOW_WEBHOOK_CACHE_TTL": os.environ.get("MLFLOW_WEBHOOK_CACHE_TTL", "5"),
     })
     env.update(extra_env or {})
-    cmd = [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+    store = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
+    cmd = [_tool("mlflow"), "server", "--backend-store-uri", store,
            "--artifacts-destination", str(home / "mlartifacts"), "--host", host, "--port", str(port),
-           "--workers", "1"]
+           "--workers", str(workers)]
     url = f"http://{host}:{port}"
     return _spawn("mlflow", cmd, env, home / "logs" / "mlflow.log", url, f"{url}/health")
 
 
 def start_prefect_server(home: Path, host: str = "127.0.0.1", port: int = 4200,
-                         extra_env: dict[str, str] | None = None, ui: bool = True) -> ServerProcess:
-    """``prefect server start`` with SQLite in ``home/prefect.db``."""
+                         extra_env: dict[str, str] | None = None, ui: bool = True,
+                         database_url: str | None = None) -> ServerProcess:
+    """``prefect server start`` with SQLite in ``home/prefect.db`` (or ``database_url``, e.g.
+    ``postgresql+asyncpg://user:password@host:5432/prefect``).
+    """
     home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
+    database = database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
     env.update({
         "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
     env.update(extra_env or {})
