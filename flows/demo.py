@@ -117,7 +117,10 @@ def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
     for stem, parent in STUDY:
         path = models_dir / f"{stem}.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: train it with scripts/train_models.py (scripts/README.md)")
+            if parent is None:
+                raise FileNotFoundError(f"{path} is missing: train it with scripts/train_models.py (scripts/README.md)")
+            echo(f"  {stem}: {path} is not there (train it with scripts/train_models.py): skipped")
+            continue
         sha = file_sha256(path)
         if sha in existing:
             info = existing[sha]
