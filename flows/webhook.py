@@ -4,8 +4,9 @@ Security (design.md section 6): the body is refused above a size limit before it
 (413); the HMAC-SHA256 signature (``X-MLflow-Signature: v1,<base64>`` over
 ``"{delivery_id}.{timestamp}.{body}"``) is compared in constant time (missing headers: 401,
 wrong signature: 403); the timestamp must be within a replay window (403); a delivery id
-already acted on is not acted on again. Nothing is started for a rejected request, and the
-receiver never loads a model: it only creates a run of the gate deployment.
+already received is a replay (403; MLflow does not retry a 4xx), also while the first copy is
+still being acted on. Nothing is started for a rejected request, and the receiver never loads a
+model: it only creates a run of the gate deployment.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class _SeenDeliveries:
     def add(self, delivery_id: str) -> None:
         self._seen[delivery_id] = time.monotonic()
 
+    def discard(self, delivery_id: str) -> None:
+        self._seen.pop(delivery_id, None)
+
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it exceeds ``limit`` bytes."""
@@ -125,7 +129,9 @@ def create_app(secret: str, start_gate: StartGate, tolerance_s: float = 300.0,
         except WebhookRejected as e:
             return JSONResponse({"error": e.reason}, status_code=e.status)
         if delivery_id in seen:
-            return JSONResponse({"status": "duplicate", "delivery_id": delivery_id})
+            return JSONResponse({"error": "delivery already received (replay)", "status": "duplicate",
+                                 "delivery_id": delivery_id}, status_code=403)
+        seen.add(delivery_id)  # before any await: concurrent copies of this delivery are replays
         try:
             event = json.loads(body)
             kind = f"{event['entity']}.{event['action']}"
@@ -133,19 +139,17 @@ def create_app(secret: str, start_gate: StartGate, tolerance_s: float = 300.0,
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "body is not an MLflow webhook event"}, status_code=400)
         if kind != "model_version.created":
-            seen.add(delivery_id)
             return JSONResponse({"status": "ignored", "event": kind})
         name, version = data.get("name"), data.get("version")
         if not isinstance(name, str) or not name or version in (None, ""):
             return JSONResponse({"error": "model_version.created without name and version"}, status_code=400)
         if not gates_model(name):
-            seen.add(delivery_id)
             return JSONResponse({"status": "ignored", "model": name})
         try:
             flow_run = await start_gate(name, str(version))
         except Exception as e:  # MLflow retries 5xx: the event is not lost to a Prefect hiccup
+            seen.discard(delivery_id)
             return JSONResponse({"error": f"cannot start the gate: {type(e).__name__}"}, status_code=503)
-        seen.add(delivery_id)
         return JSONResponse({"status": "started", "flow_run": flow_run}, status_code=202)
 
     async def health(request: Request) -> JSONResponse:

@@ -56,7 +56,7 @@ def test_valid_delivery_starts_one_gate(app: tuple[TestClient, list]) -> None:
     r = client.post("/mlflow", content=body, headers=h)
     assert r.status_code == 202 and r.json()["flow_run"] == "run-1"
     again = client.post("/mlflow", content=body, headers=h)  # MLflow's retry of the same delivery
-    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert again.status_code == 403 and again.json()["status"] == "duplicate"  # a replay: refused
     assert started == [("gate-m", "1")]
 
 
