@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -130,6 +131,8 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
             servers = ensure_local_servers(settings.tracking_uri, settings.prefect_api_url, settings.home)
         sha = load_config(settings.config).sha256()
         secret = webhook_secret(settings)
+        # Gates run model code in child processes that inherit this environment: not the secret.
+        os.environ.pop("MDGATE_WEBHOOK_SECRET", None)
         ensure_gpu_limit(settings)
         receiver = Receiver(settings, secret, sha)
         receiver.start()
