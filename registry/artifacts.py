@@ -8,6 +8,7 @@ outages are :class:`~registry.errors.TransientRegistryError`.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import mlflow.artifacts
@@ -19,13 +20,16 @@ from mdgate.potentials import ModelMeta
 from mdgate.potentials.spec import SPEC_FILE
 from registry import types as T
 from registry.client import Registry, translate_errors
-from registry.errors import RegistryError, TransientRegistryError
+from registry.errors import HostStorageError, RegistryError, TransientRegistryError
 from registry.types import Candidate
 
 #: Files of an MLflow model folder that are never the model itself.
 NOT_MODELS = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
               "serving_input_example.json", "registered_model_meta", "pickle_module_info.txt"}
 MODEL_NAMES = ("best_model", "model.pt", "model.pth")
+#: Bytes the gate writes (and removes) before a download, to tell a full disk from a missing artifact.
+PROBE_BYTES = 1 << 20
+LOCAL_WRITE_ERROR = re.compile(r"\[Errno (28|30|122|27|20|21|13)\][^\n#]*?(?=[\n'\":]|$)")
 URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:", "s3://", "gs://", "wasbs://", "http://",
                 "https://", "file://", "hdfs://", "dbfs:/")
 
@@ -35,16 +39,29 @@ def download(registry: Registry, artifact_uri: str, dst: Path, what: str) -> Pat
 
     Raises:
         ModelLoadError: the artifact is missing or cannot be read.
+        HostStorageError: the gate host cannot write ``dst`` (disk full, read-only).
         TransientRegistryError: the tracking server could not be reached.
     """
-    dst.mkdir(parents=True, exist_ok=True)
     try:
         with translate_errors(f"downloading {what}"):
+            dst.mkdir(parents=True, exist_ok=True)
+            # MLflow hides local write errors of some downloads behind "path not found": a full
+            # disk must not read as a missing model, so try writing first.
+            probe = dst / ".mdgate-write-probe"
+            try:
+                probe.write_bytes(b"\0" * PROBE_BYTES)
+            finally:
+                probe.unlink(missing_ok=True)
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=artifact_uri, dst_path=str(dst),
                 tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri,
             )
-    except TransientRegistryError:
+    except TransientRegistryError as e:
+        # MLflow reports failed local writes inside its own error: retrying does not free space
+        found = LOCAL_WRITE_ERROR.search(str(e.__cause__ or e))
+        if found:
+            raise HostStorageError(f"downloading {what}: the gate host cannot write {dst} "
+                                   f"({found.group(0)})") from e
         raise
     except RegistryError as e:
         cause = str(e.__cause__ or e).splitlines()[0][:200]
@@ -102,12 +119,17 @@ def find_model_file(path: Path, source: str) -> Path:
     return chosen[0]
 
 
+#: Metadata whose empty value is an error (units, output keys, cutoff): the engine depends on them.
+REQUIRED_IF_PRESENT = (T.ENERGY_UNIT, T.POSITION_UNIT, T.ENERGY_KEY, T.FORCES_KEY, T.CUTOFF_A)
+
+
 def version_meta(registry: Registry, name: str, version: str, tags: dict[str, str],
                  run_id: str | None) -> ModelMeta:
     """Model metadata from the source run's ``mdgate.*`` params, overridden by version tags.
 
     Raises:
-        MetadataError: a value does not validate (named with the tag).
+        MetadataError: a value does not validate, or a unit, key or cutoff tag is empty (named
+            with the tag).
     """
     values: dict[str, str] = {}
     if run_id:
@@ -119,6 +141,11 @@ def version_meta(registry: Registry, name: str, version: str, tags: dict[str, st
         except RegistryError:
             pass  # a deleted source run only loses the params it held
     values.update(tags)
+    # An absent tag takes its documented default; a tag that is there but empty says nothing.
+    empty = [tag for tag in REQUIRED_IF_PRESENT if tag in values and not str(values[tag]).strip()]
+    if empty:
+        raise MetadataError(f"{name}/{version}: tag {empty[0]} is empty; give its value, or remove the tag "
+                            "to use the documented default")
     data = {field: values[tag] for tag, field in T.META_TAGS.items() if values.get(tag) not in (None, "")}
     try:
         meta = ModelMeta.model_validate(data)

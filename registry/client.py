@@ -18,12 +18,14 @@ run there also finds the claim number it adopts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
@@ -32,6 +34,8 @@ from mlflow.exceptions import MlflowException
 from mdgate.results import ValidationResult, Verdict
 from registry import types as T
 from registry.errors import (
+    ArtifactStoreError,
+    HostStorageError,
     LeaseLostError,
     PermanentRegistryError,
     RegistryError,
@@ -44,6 +48,9 @@ from registry.types import Claim, ClaimOutcome, Publication, Status, VersionInfo
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
                    "DEADLINE_EXCEEDED", "SERVICE_UNDER_MAINTENANCE", "ABORTED"}
 CLAIM_EXPERIMENT = "mdgate-claims/{name}/v{version}/{generation}"
+#: OS errors of the gate host's own storage: retrying a request does not help.
+LOCAL_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR,
+                        errno.EACCES, errno.EPERM}
 
 
 @contextlib.contextmanager
@@ -62,6 +69,9 @@ def translate_errors(what: str) -> Iterator[None]:
             raise TransientRegistryError(f"{what}: {msg}") from e
         raise PermanentRegistryError(f"{what}: {msg}") from e
     except OSError as e:  # requests' ConnectionError and timeouts are OSErrors
+        if e.errno in LOCAL_STORAGE_ERRNOS and not isinstance(e, requests.RequestException):
+            raise HostStorageError(f"{what}: the gate host cannot write {e.filename or 'its files'} "
+                                   f"([Errno {e.errno}] {e.strerror})") from e
         raise TransientRegistryError(f"{what}: {type(e).__name__}: {e}") from e
 
 
@@ -311,6 +321,7 @@ class Registry:
             LeaseLostError: another gate took the version over; the validation run is kept but
                 the version is left to that gate.
         """
+        self.check_claim(claim)
         run_id, experiment_id, artifact_uri = self.log_validation_run(claim, result, report_dir,
                                                                       criteria_sha256)
         run_url = f"{self.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -328,12 +339,41 @@ class Registry:
             **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
         }
         self.set_tags(claim.name, claim.version, tags)
-        with translate_errors(f"releasing the lease of {claim.name}/{claim.version}"):
-            self.client.delete_model_version_tag(claim.name, claim.version, T.LEASE_EXPIRES_AT)
+        # The status last; the lease stays until then, so a gate that dies before this line
+        # leaves the version Running with its lease, which runs out: the sweep gates it again.
         self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
+        self._release(claim)
         alias = self.update_alias(claim.name)
         return Publication(run_id=run_id, run_url=run_url, report_uri=report_uri, status=status,
                            alias_version=alias)
+
+    def publish_error(self, claim: Claim, result: ValidationResult, criteria_sha256: str,
+                      extra_tags: dict[str, str] | None = None) -> Publication:
+        """Mark the version Error when its report cannot be written or stored (disk full,
+        artifact store unwritable): the one status set without a report, with the reason saying so.
+
+        Raises:
+            LeaseLostError: another gate took the version over.
+        """
+        if result.verdict != Verdict.ERROR:
+            raise ValueError("only an Error is published without a report")
+        self.check_claim(claim)
+        with translate_errors(f"clearing the report tags of {claim.name}/{claim.version}"):
+            for key in (T.REPORT, T.VALIDATION_RUN):
+                with contextlib.suppress(MlflowException):  # absent: nothing to clear
+                    self.client.delete_model_version_tag(claim.name, claim.version, key)
+        self.set_tags(claim.name, claim.version, {
+            T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "",
+            T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
+        })
+        self.set_tags(claim.name, claim.version, {T.STATUS: Status.ERROR.value})
+        self._release(claim)
+        alias = self.update_alias(claim.name)
+        return Publication(run_id="", run_url="", report_uri="", status=Status.ERROR, alias_version=alias)
+
+    def _release(self, claim: Claim) -> None:
+        with translate_errors(f"releasing the lease of {claim.name}/{claim.version}"):
+            self.client.delete_model_version_tag(claim.name, claim.version, T.LEASE_EXPIRES_AT)
 
     def log_validation_run(self, claim: Claim, result: ValidationResult, report_dir: Path,
                            criteria_sha256: str) -> tuple[str, str, str]:
@@ -358,7 +398,14 @@ class Registry:
                     run_id, params=[Param(k, v) for k, v in params[i:i + 100]],
                     metrics=[Metric(k, v, stamp, 0) for k, v in metrics[i:i + 100]],
                 )
-            self.client.log_artifacts(run_id, str(report_dir))
+        try:
+            with translate_errors("storing the report in the artifact store"):
+                self.client.log_artifacts(run_id, str(report_dir))
+        except TransientRegistryError as e:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FAILED")
+            raise ArtifactStoreError(str(e)) from e.__cause__
+        with translate_errors("logging the validation run"):
             self.client.set_terminated(run_id, "FINISHED" if result.verdict != Verdict.ERROR else "FAILED")
         return run_id, experiment_id, run.info.artifact_uri
 

@@ -29,3 +29,17 @@ class LeaseLostError(PermanentRegistryError):
     """Raised when a gate tries to publish a verdict after another gate took its version over
     (its lease expired and a sweep claimed the version again).
     """
+
+
+class ArtifactStoreError(TransientRegistryError):
+    """Raised when a validation run's artifacts (the report) cannot be stored: the tracking
+    server is down, or it answers but its artifact store is full or unwritable. Retried like any
+    transient error; a gate whose server answers but still cannot store its report ends as
+    Error, without a report.
+    """
+
+
+class HostStorageError(PermanentRegistryError):
+    """Raised when the gate host cannot write what it downloads (disk full, read-only, not a
+    folder): the gate ends as Error, whatever the model.
+    """

@@ -41,7 +41,12 @@ def check_meta(module: Any, meta: dict[str, Any]) -> tuple[ModelMeta, float]:
         where = ".".join(map(str, err["loc"]))
         raise MetadataError(f"metadata {where} = {err.get('input')!r}: {err['msg']}") from e
     m.check_units()
-    cutoff = m.cutoff_A or find_cutoff_A(module, m.position_unit)
+    own = find_cutoff_A(module, m.position_unit)
+    if m.cutoff_A is not None and own is not None and abs(own - m.cutoff_A) > 1e-6 * max(own, 1.0):
+        raise MetadataError(f"contradictory metadata: cutoff_A = {m.cutoff_A:g} Å but the model's own cutoff "
+                            f"is {own:g} Å with position_unit = {m.position_unit!r}; fix the unit or the "
+                            "cutoff")
+    cutoff = m.cutoff_A or own
     if cutoff is None:
         raise MetadataError("the model has no cutoff that mdgate can read; give it with --meta cutoff_A=<Å>")
     outputs = getattr(module, "model_outputs", None)
