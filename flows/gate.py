@@ -13,6 +13,7 @@ again once its lease expires.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import re
 import shutil
 import threading
@@ -32,12 +33,12 @@ from flows.dask_tasks import DaskUnavailableError
 from flows.progress import GateProgress
 from flows.settings import GATE_FLOW, Settings, load_settings
 from mdgate.config import GateConfig, load_config
-from mdgate.errors import MdgateError
+from mdgate.errors import MdgateError, MetadataError
 from mdgate.molecules import Molecule, ReferenceSet
 from mdgate.potentials import ModelMeta
 from mdgate.results import AccuracyResult, MoleculeResult, Timing, ValidationResult, Verdict
 from registry import types as T
-from registry.errors import LeaseLostError, TransientRegistryError
+from registry.errors import ArtifactStoreError, HostStorageError, LeaseLostError, TransientRegistryError
 from registry.summary import summary_rows
 from registry.types import Candidate, Claim, ClaimOutcome, Publication
 
@@ -89,12 +90,67 @@ def fetch_candidate(settings: Settings, name: str, version: str, work_dir: Path)
     return fetch(registry_for(settings), name, version, work_dir)
 
 
+def call_with_deadline(fn: Any, timeout_s: float | None, what: str) -> Any:
+    """``fn()``, or :class:`MDTimeoutError` if it has not returned after ``timeout_s``.
+
+    Model code that never returns (a deadlock, one long C call) cannot be interrupted in a
+    thread: ``fn`` runs in a daemon thread, which is left behind on timeout (it does not keep
+    the process alive) while the gate goes on to publish Error.
+    """
+    if timeout_s is None:
+        return fn()
+    box: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box["value"] = context.run(fn)
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"mdgate-{slug(what)}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise MDTimeoutError(f"{what} did not return within {timeout_s:g} s (MDGATE_MD_TIMEOUT_S): "
+                             "the model hangs")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def check_cutoff(model: Any, meta: ModelMeta) -> None:
+    """The cutoff must be known, and the version's ``mdgate.cutoff_A`` must agree with the
+    model's own cutoff converted with its declared ``mdgate.position_unit``.
+
+    Raises:
+        MetadataError: no cutoff at all, or the two disagree (a wrong unit or cutoff tag would
+            make the engine build the wrong neighbour pairs without any error).
+    """
+    from mdgate.potentials.schnetpack import find_cutoff_A
+
+    own = find_cutoff_A(model, meta.position_unit)
+    if meta.cutoff_A is None and own is None:
+        raise MetadataError("no cutoff: the model has none mdgate can read and the version has no "
+                            "mdgate.cutoff_A tag; tag the version with mdgate.cutoff_A=<Å>")
+    if meta.cutoff_A is not None and own is not None and abs(own - meta.cutoff_A) > 1e-6 * max(own, 1.0):
+        raise MetadataError(
+            f"contradictory metadata: mdgate.cutoff_A = {meta.cutoff_A:g} Å but the model's own cutoff "
+            f"is {own:g} Å with mdgate.position_unit = {meta.position_unit!r}; fix the unit or the cutoff "
+            "tag")
+
+
 @task(name="load", **ENGINE_TASK)
-def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta) -> Any:
-    """Load the potential and the molecule sets (``mdgate.runner.load_inputs``)."""
+def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta,
+                   timeout_s: float | None = None) -> Any:
+    """Load the potential and the molecule sets (``mdgate.runner.load_inputs``), within
+    ``timeout_s`` (loading includes the model's first evaluation); check the cutoff metadata.
+    """
     from mdgate.runner import load_inputs
 
-    return load_inputs(model_path, config, meta)
+    inputs = call_with_deadline(lambda: load_inputs(model_path, config, meta), timeout_s, "loading the model")
+    check_cutoff(inputs.potential.model, meta)
+    return inputs
 
 
 class MDTimeoutError(MdgateError):
@@ -132,7 +188,9 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
         if progress is not None:
             progress(name, step, n_steps, running)
 
-    [result] = run_md(potential, [molecule], config, tick)
+    # The step check above cannot fire while the model does not return: a hard deadline, later.
+    [result] = call_with_deadline(lambda: run_md(potential, [molecule], config, tick), timeout_s * 1.1 + 1,
+                                  f"MD of {molecule.name}")
     if progress is not None:
         progress.finish(molecule.name)
     return result
@@ -163,6 +221,13 @@ def write_report(result: ValidationResult, out_dir: Path) -> Path:
 
     write(result, out_dir)
     return out_dir
+
+
+@task(name="publish-error", **REGISTRY_TASK)
+def publish_error(settings: Settings, claim: Claim, result: ValidationResult, criteria_sha256: str,
+                  extra_tags: dict[str, str]) -> Publication:
+    """Mark the version Error without a report (the report could not be written or stored)."""
+    return registry_for(settings).publish_error(claim, result, criteria_sha256, extra_tags)
 
 
 @task(name="publish", **REGISTRY_TASK)
@@ -204,14 +269,16 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
         result, extra = run_gate(settings, claim, gate_config, work, key, source)
     except (TransientRegistryError, LeaseLostError, DaskUnavailableError):
         raise
+    except HostStorageError as e:
+        result = _error(str(e), source, gate_config)
     except MdgateError as e:
         result = _error(str(e), source, gate_config)
     except Exception as e:  # a bug must not leave the version Running until its lease expires
         logger.error("gate failed: %s", traceback.format_exc())
         result = _error(f"internal error: {type(e).__name__}: {e}", source, gate_config)
-    report_dir = write_report(result, work / "report")
-    pub = publish(settings, claim, result, report_dir, sha, extra)
-    publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
+    pub, report_dir, result = store_verdict(settings, claim, result, work, sha, extra, source, gate_config)
+    if report_dir is not None:
+        publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
     shutil.rmtree(work, ignore_errors=True)
     logger.info("%s/%s: %s: %s (validation run %s)", name, version, result.verdict.value, result.reason,
                 pub.run_url)
@@ -219,6 +286,51 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     if result.verdict == Verdict.ERROR:
         return Failed(name=Verdict.ERROR.value, message=message)
     return Completed(name=result.verdict.value, message=message)
+
+
+def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, work: Path, sha: str,
+                  extra: dict[str, str], source: str,
+                  gate_config: GateConfig) -> tuple[Publication, Path | None, ValidationResult]:
+    """Write the report and publish the verdict (report first, status last).
+
+    A verdict is never published without its report: when the report cannot be written on the
+    gate host (disk full) or stored in MLflow's artifact store while the tracking server answers
+    (its store full or unwritable), the version is marked Error, saying so. When the server does
+    not answer at all, the error is raised: the version stays Running and the sweep gates it
+    again once its lease is over.
+    """
+    from flows.servers import is_up
+
+    try:
+        report_dir: Path | None = write_report(result, work / "report")
+    except OSError as e:
+        report_dir = None
+        why = f"[Errno {e.errno}] {e.strerror}"
+        if result.verdict == Verdict.ERROR:
+            reason = f"{result.reason}; the report could not be written either ({why})"
+        else:
+            reason = (f"the gate host cannot write the report ({why}); the {result.verdict.value} "
+                      "verdict is not published without it")
+        result = _error(reason, source, gate_config)
+    if report_dir is not None:
+        try:
+            return publish(settings, claim, result, report_dir, sha, extra), report_dir, result
+        except ArtifactStoreError as e:
+            if not is_up(f"{settings.tracking_uri.rstrip('/')}/health"):
+                raise
+            cause = short_cause(str(e))
+            reason = (f"the report could not be stored in MLflow's artifact store ({cause}); the "
+                      f"{result.verdict.value} verdict is not published without it")
+            result = _error(reason, source, gate_config)
+    return publish_error(settings, claim, result, sha, extra), report_dir, result
+
+
+def short_cause(text: str) -> str:
+    """The gist of a request error: urllib3's "Caused by X('...')" text, an OS error, else the start."""
+    found = re.search(r"Caused by \w+\((['\"])(.*?)\1\)", text) or re.search(r"\[Errno \d+\][^'\")]*", text)
+    if found is None:
+        return text[:160]
+    return (found.group(2) if found.re.groups else found.group(0)).strip()
 
 
 def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,
@@ -231,7 +343,7 @@ def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Pa
     candidate = fetch_candidate(settings, claim.name, claim.version, work)
     config, extra = effective_config(gate_config, candidate)
     t0 = time.perf_counter()
-    inputs = load_candidate(candidate.model_path, config, candidate.meta)
+    inputs = load_candidate(candidate.model_path, config, candidate.meta, settings.md_timeout_s)
     t_md = time.perf_counter()
     molecules = run_molecules(settings, claim, inputs, config, key)
     md_s = time.perf_counter() - t_md
