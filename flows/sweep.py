@@ -8,6 +8,7 @@ the claim inside the flow is the final guard.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -64,6 +65,43 @@ def claim_for_run(settings: Settings, version: VersionInfo, flow_run: str) -> Cl
                                         queued=True)
 
 
+@task(name="release-abandoned-run", cache_policy=NO_CACHE, persist_result=False, retries=2,
+      retry_delay_seconds=5)
+def release_abandoned_run(version: VersionInfo) -> int:
+    """Mark the flow run that held an expired lease, and its unfinished task runs, Crashed.
+
+    A gate whose process died (worker killed, machine lost) leaves its task runs Running in
+    Prefect, and a running MD task holds a slot of the ``mdgate-gpu`` tag concurrency limit until
+    its task run ends: without this, a few dead gates hold every slot and no MD task ever starts
+    again. A forced terminal state releases the slots. Returns the number of runs marked.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        run_id = UUID(version.flow_run or "")
+    except ValueError:
+        return 0
+    message = f"{version.ref}: lease expired without a verdict; the sweep gates it again"
+    marked = 0
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return 0
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        for t in tasks:
+            if t.state is not None and not t.state.is_final():
+                client.set_task_run_state(t.id, Crashed(message=message), force=True)
+                marked += 1
+        if run.state is not None and not run.state.is_final():
+            client.set_flow_run_state(run_id, Crashed(message=message), force=True)
+            marked += 1
+    return marked
+
+
 @flow(name=SWEEP_FLOW, persist_result=False)
 def sweep_registry(limit: int = 100) -> list[str]:
     """Start gates for what webhooks missed: versions never gated and expired leases.
@@ -80,6 +118,8 @@ def sweep_registry(limit: int = 100) -> list[str]:
     due = find_due(settings)
     started = []
     for v in due[:limit]:
+        if v.status is not None and v.status.value == "Running" and v.flow_run:
+            release_abandoned_run(v, return_state=True)  # best effort: never blocks the new gate
         run_id = start_gate(settings, v, sha)
         claim_for_run(settings, v, run_id)
         why = "no status" if v.status is None else v.status.value
