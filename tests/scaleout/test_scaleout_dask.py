@@ -241,3 +241,23 @@ def test_unreachable_cluster_leaves_the_version_running(stack: Stack, registry: 
     # an outage, not a verdict: Running until the lease expires, then the sweep gates it again
     assert info.status == Status.RUNNING and info.validation_run is None, info.reason
     assert "Dask cluster tcp://127.0.0.1" in out, out
+
+
+def test_task_runner_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.dask_tasks import task_runner
+    from flows.settings import load_settings
+
+    assert load_settings().task_runner == "local"  # the default is unchanged: no Dask
+    monkeypatch.setenv("MDGATE_TASK_RUNNER", "dask")
+    monkeypatch.setenv("MDGATE_DASK_CLUSTER_KWARGS", '{"n_workers": 3, "processes": true}')
+    monkeypatch.setenv("MDGATE_DASK_RESOURCES", '{"GPU": 1}')
+    settings = load_settings()
+    assert settings.dask_resources == {"GPU": 1.0}
+    runner = task_runner(settings)  # a cluster each gate starts
+    assert isinstance(runner, DaskTaskRunner) and runner.address is None
+    assert runner.cluster_class == "distributed.LocalCluster" and runner.cluster_kwargs == {"n_workers": 3,
+                                                                                            "processes": True}
+    monkeypatch.setenv("MDGATE_DASK_ADDRESS", "tcp://10.0.0.5:8786")  # an existing cluster
+    assert task_runner(load_settings()).address == "tcp://10.0.0.5:8786"
