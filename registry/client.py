@@ -229,8 +229,10 @@ class Registry:
         if info.status is not None and info.status.is_final and not force:
             return ClaimOutcome(status=info.status, reason=f"already {info.status.value}")
         generation = info.claim + 1
-        if not self._take_lock(name, version, generation):
-            return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
+        while not self._take_lock(name, version, generation):
+            if not self._lock_abandoned(name, version, generation, lease_s):
+                return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
+            generation += 1  # its gate died before writing it to the version: take the next one
         what = "gate queued" if queued else "gate running"
         # In this order (module docstring): a reader never sees the new claim number without a
         # live Running lease, nor its own flow run without the new claim number.
@@ -242,6 +244,18 @@ class Registry:
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
                             status=Status.RUNNING)
+
+    def _lock_abandoned(self, name: str, version: str, generation: int, lease_s: float) -> bool:
+        """Was claim ``generation``, which the version does not show, taken more than a lease
+        ago? Then its gate died between taking it and writing it, and the next claim is free to
+        take (a live gate writes its claim within moments of taking it).
+        """
+        lock = CLAIM_EXPERIMENT.format(name=name, version=version, generation=generation)
+        with translate_errors(f"reading claim {generation} of {name}/{version}"):
+            experiment = self.client.get_experiment_by_name(lock)  # deleted ones too
+        if experiment is None or not experiment.creation_time:
+            return False
+        return time.time() - experiment.creation_time / 1000 > lease_s
 
     def _take_lock(self, name: str, version: str, generation: int) -> bool:
         lock = CLAIM_EXPERIMENT.format(name=name, version=version, generation=generation)

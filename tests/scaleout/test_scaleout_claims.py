@@ -2,8 +2,9 @@
 test hit: two workers started gates of one version 0.3 s apart, and both ran).
 
 A claim is several tag writes. Gate A is stopped after each of them in turn, and gate B claims
-the same version meanwhile: B must never get a claim, and A, resumed, holds claim 1. Against the
-session's MLflow server; no MD.
+the same version meanwhile: B must never get a claim, and A, resumed, holds claim 1. A claim
+whose gate died between taking it and writing it is taken over once a lease has passed. Against
+the session's MLflow server; no MD.
 """
 
 from __future__ import annotations
@@ -71,3 +72,19 @@ def test_no_second_claim_while_the_first_is_being_written(registry: Registry, af
     # the run a trigger claimed for adopts that claim when it starts
     adopted = registry.claim(name, version, 600, "run-a")
     assert adopted.claim is not None and adopted.claim.generation == 1
+
+
+def test_a_claim_abandoned_before_it_was_written_is_skipped_after_a_lease(registry: Registry) -> None:
+    import time
+
+    from registry.client import CLAIM_EXPERIMENT
+
+    name = f"claims-{uuid.uuid4().hex[:8]}"
+    version = new_version(registry, name)
+    # a gate took claim 1 and died before writing it to the version
+    registry.client.create_experiment(CLAIM_EXPERIMENT.format(name=name, version=version, generation=1))
+    assert registry.claim(name, version, 600, "run-x").claim is None  # within a lease it may be alive
+    time.sleep(1.5)
+    taken = registry.claim(name, version, 1.0, "run-y")  # a lease later it is not
+    assert taken.claim is not None and taken.claim.generation == 2
+    assert registry.get_version(name, version).claim == 2
