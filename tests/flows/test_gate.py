@@ -124,7 +124,12 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
     sha = load_config(stack.config).sha256()
     for info in (gated.good, gated.bad):
         assert info.criteria_sha256 == sha and info.flow_run and info.validation_run
-        assert T.LEASE_EXPIRES_AT not in info.tags and info.claim == 1
+        assert info.claim == 1
+        # The status is written before the lease is released: the lease tag goes right after.
+        deadline = time.monotonic() + 30
+        while T.LEASE_EXPIRES_AT in registry.get_version(info.name, info.version).tags:
+            assert time.monotonic() < deadline, "the lease was not released after the verdict"
+            time.sleep(0.5)
     assert f"mdgate verdict: {gated.good.status.value}" in gated.good.description
     assert "| molecule |" in gated.good.description and "[Validation run](" in gated.good.description
     # the validation run: report artifacts and per-molecule metrics
