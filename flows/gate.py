@@ -318,19 +318,11 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
         except ArtifactStoreError as e:
             if not is_up(f"{settings.tracking_uri.rstrip('/')}/health"):
                 raise
-            cause = short_cause(str(e))
+            cause = str(e).removeprefix("storing the report in the artifact store: ")
             reason = (f"the report could not be stored in MLflow's artifact store ({cause}); the "
                       f"{result.verdict.value} verdict is not published without it")
             result = _error(reason, source, gate_config)
     return publish_error(settings, claim, result, sha, extra), report_dir, result
-
-
-def short_cause(text: str) -> str:
-    """The gist of a request error: urllib3's "Caused by X('...')" text, an OS error, else the start."""
-    found = re.search(r"Caused by \w+\((['\"])(.*?)\1\)", text) or re.search(r"\[Errno \d+\][^'\")]*", text)
-    if found is None:
-        return text[:160]
-    return (found.group(2) if found.re.groups else found.group(0)).strip()
 
 
 def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,

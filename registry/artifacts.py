@@ -63,6 +63,8 @@ def download(registry: Registry, artifact_uri: str, dst: Path, what: str) -> Pat
             raise HostStorageError(f"downloading {what}: the gate host cannot write {dst} "
                                    f"({found.group(0)})") from e
         raise
+    except HostStorageError:
+        raise
     except RegistryError as e:
         cause = str(e.__cause__ or e).splitlines()[0][:200]
         raise ModelLoadError(f"{what} is missing or unreadable at {artifact_uri} ({cause})") from e

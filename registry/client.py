@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,15 @@ def translate_errors(what: str) -> Iterator[None]:
             raise HostStorageError(f"{what}: the gate host cannot write {e.filename or 'its files'} "
                                    f"([Errno {e.errno}] {e.strerror})") from e
         raise TransientRegistryError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+def gist(text: str) -> str:
+    """The gist of a request error: urllib3's "Caused by X('...')" text, an OS error, else its start."""
+    found = re.search(r"Caused by \w+\((['\"])(.*?)\1\)", text)
+    if found:
+        return found.group(2).strip()
+    found = re.search(r"\[Errno \d+\][^'\")]*", text)
+    return found.group(0).strip() if found else one_line(text, 160)
 
 
 def iso(t: datetime) -> str:
@@ -418,7 +428,8 @@ class Registry:
         except TransientRegistryError as e:
             with contextlib.suppress(Exception):
                 self.client.set_terminated(run_id, "FAILED")
-            raise ArtifactStoreError(str(e)) from e.__cause__
+            raise ArtifactStoreError(f"storing the report in the artifact store: {gist(str(e.__cause__ or e))}") \
+                from e.__cause__
         with translate_errors("logging the validation run"):
             self.client.set_terminated(run_id, "FINISHED" if result.verdict != Verdict.ERROR else "FAILED")
         return run_id, experiment_id, run.info.artifact_uri
