@@ -100,6 +100,10 @@ def test_k8s_files_agree() -> None:
     role = worker["Role/prefect-worker"]
     assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
     assert worker["RoleBinding/prefect-worker"]["subjects"][0]["name"] == "prefect-worker"
+    # the gate pods read the same ConfigMap (MLflow URL, settings) and the Secret the README creates
+    assert variables["env_config_map"]["default"] == "mdgate-config" and "ConfigMap/mdgate-config" in worker
+    assert variables["env_secret"]["default"] == "mdgate-env"
+    assert "MLFLOW_TRACKING_URI" in worker["ConfigMap/mdgate-config"]["data"]
     env = {e["name"]: e["value"] for e in container(worker["Deployment/prefect-worker"])["env"]}
     assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"] == variables["namespace"]["default"]
     hook = documents(DEPLOY / "k8s-webhook.yaml")
