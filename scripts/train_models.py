@@ -793,16 +793,17 @@ def table(model_dir: Path) -> str:
     metas.sort(key=lambda m: (m["parent"] is not None, -m["n_parameters"]))
     rows = [
         "| model | PaiNN (width × interactions) | parameters | compression vs teacher | epochs "
-        "| wall time (min) | force R² | force MAE (eV/Å) | force RMSE (eV/Å) "
+        "| steps | wall time (min) | force R² | force MAE (eV/Å) | force RMSE (eV/Å) "
         "| energy MAE (meV/atom) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in metas:
         rm = m["reference_metrics"]
         ratio = f"{teacher['n_parameters'] / m['n_parameters']:.2f}×" if teacher else "-"
         rows.append(
             f"| `{m['file']}` | {m['n_atom_basis']} × {m['n_interactions']} "
-            f"| {m['n_parameters']:,} | {ratio} | {m['epochs']} | {m['wall_time_s'] / 60:.1f} "
+            f"| {m['n_parameters']:,} | {ratio} | {m['epochs']} | {m['steps']} "
+            f"| {m['wall_time_s'] / 60:.1f} "
             f"| {rm['force_r2']:.4f} | {rm['force_mae_eV_per_A']:.4f} "
             f"| {rm['force_rmse_eV_per_A']:.4f} | {rm['energy_mae_meV_per_atom']:.2f} |"
         )
