@@ -61,6 +61,7 @@ def embed(smiles: str, seed: int) -> Atoms:
 
 
 def xtb() -> object:
+    """A GFN2-xTB calculator (tblite)."""
     from tblite.ase import TBLite
 
     return TBLite(method="GFN2-xTB", verbosity=0)
@@ -92,6 +93,7 @@ def sample(start: Atoms, n: int, every: int, seed: int, name: str, smiles: str) 
 
 
 def main() -> None:
+    """Write the molecule, reference and training sets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-reference", type=int, default=50)
     parser.add_argument("--n-train", type=int, default=400)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -89,6 +90,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+#: Batches whose static inputs are kept; more are rare (concurrent MD tasks, the accuracy set).
+_STATIC_CACHE_SIZE = 16
+
+
+@dataclass
+class _StaticInputs:
+    """The inputs of one batch that do not change between MD steps."""
+
+    system_idx: torch.Tensor
+    n_systems: int
+    inputs: dict[str, torch.Tensor]
+    zeros: torch.Tensor
+    """Zero pair offsets (grown as needed; sliced to the pairs of a step)."""
+
+
 class SchnetpackPotential:
     """A schnetpack-style model (dict of ``schnetpack.properties`` in, dict out) as a potential.
 
@@ -116,6 +132,7 @@ class SchnetpackPotential:
         self._l = length_factor(meta.position_unit)
         self._max_z = self._find_max_z()
         self._compile_pending = False
+        self._static_cache: dict[int, _StaticInputs] = {}
         self.model_call = "eager"
         """``compiled`` once :meth:`compile` succeeded, else ``eager`` (with the reason if it failed)."""
 
@@ -202,19 +219,26 @@ class SchnetpackPotential:
     def _static_inputs(self, system_idx: torch.Tensor, n_systems: int, n_pairs: int) -> dict[str, torch.Tensor]:
         """Inputs that only change with the batch (cached between MD steps): atoms per molecule,
         zero cell and pbc (isolated molecules), zero pair offsets.
+
+        One cache entry per batch: the gate runs several per-molecule MD tasks in threads that
+        share this potential, so no entry is ever reset for another batch (a shared slot gave one
+        thread the other's offsets). Entries are found by the batch tensor's identity; the entry
+        keeps the tensor alive so the id cannot be reused. Dict reads and writes are atomic.
         """
-        # Keyed on the tensor object itself, which is kept alive so its identity cannot be reused.
-        if getattr(self, "_static_sys", None) is not system_idx or self._static_n != n_systems:
-            self._static_sys, self._static_n = system_idx, n_systems
-            self._static = {
+        entry = self._static_cache.get(id(system_idx))
+        if entry is None or entry.system_idx is not system_idx or entry.n_systems != n_systems:
+            entry = _StaticInputs(system_idx, n_systems, {
                 "_n_atoms": torch.bincount(system_idx, minlength=n_systems),
                 "_cell": torch.zeros((n_systems, 3, 3), dtype=self.dtype, device=self.device),
                 "_pbc": torch.zeros((n_systems, 3), dtype=torch.bool, device=self.device),
-            }
-            self._zeros = torch.zeros((0, 3), dtype=self.dtype, device=self.device)
-        if self._zeros.shape[0] < n_pairs:
-            self._zeros = torch.zeros((2 * n_pairs, 3), dtype=self.dtype, device=self.device)
-        return {**self._static, "_offsets": self._zeros[:n_pairs]}
+            }, torch.zeros((0, 3), dtype=self.dtype, device=self.device))
+            if len(self._static_cache) >= _STATIC_CACHE_SIZE:
+                self._static_cache.clear()  # a concurrent batch that loses its entry just rebuilds it
+            self._static_cache[id(system_idx)] = entry
+        zeros = entry.zeros
+        if zeros.shape[0] < n_pairs:
+            zeros = entry.zeros = torch.zeros((2 * n_pairs, 3), dtype=self.dtype, device=self.device)
+        return {**entry.inputs, "_offsets": zeros[:n_pairs]}
 
     def _extract(self, out: object, n_atoms: int, n_systems: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(out, dict):

@@ -1,5 +1,6 @@
 """Speed never costs accuracy: on the same schnetpack potential and time step, the batched
-engine conserves energy as well as ASE's VelocityVerlet + schnetpack's SpkCalculator."""
+engine conserves energy as well as ASE's VelocityVerlet + schnetpack's SpkCalculator.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ N_STEPS = 400
 TIMESTEP_FS = 0.5
 
 
-def ase_energies(path: str, atoms, velocities: np.ndarray, n_steps: int) -> np.ndarray:  # noqa: ANN001
+def ase_energies(path: str, atoms, velocities: np.ndarray, n_steps: int) -> np.ndarray:
     """Total energy per step (eV) of ASE velocity Verlet with schnetpack's calculator (eV units)."""
     atoms = atoms.copy()
     atoms.set_velocities(velocities)
@@ -35,7 +36,7 @@ def ase_energies(path: str, atoms, velocities: np.ndarray, n_steps: int) -> np.n
 
 
 @pytest.mark.parametrize("name", ["ethanol", "aspirin"])
-def test_engine_drift_matches_ase_velocity_verlet(name: str, packaged_molecules) -> None:  # noqa: ANN001
+def test_engine_drift_matches_ase_velocity_verlet(name: str, packaged_molecules) -> None:
     mol = next(m for m in packaged_molecules if m.name == name)
     pot = load_potential(GOOD_MODEL, ModelMeta(), "cpu")
     # The engine, with this molecule in a batch with another one (batching must not matter).

@@ -128,3 +128,41 @@ def test_outputs_of_the_wrong_shape_are_named(ethanol: Molecule) -> None:
         evaluate(pot, [ethanol])
     with pytest.raises(ModelInterfaceError, match="no forces output 'frc'"):
         evaluate(SchnetpackPotential(build_painn(8, 1), ModelMeta(forces_key="frc")), [ethanol])
+
+
+def test_threads_sharing_one_potential_each_get_their_own_molecules_inputs(
+        untrained_model_path, packaged_molecules) -> None:
+    """The gate runs its per-molecule MD tasks in threads of one process, all calling one loaded
+    potential. Molecules of different sizes called side by side must give the energies each gives
+    alone (inputs cached per batch once leaked between threads: a size-mismatch error, or worse).
+    """
+    import threading
+
+    pot = load_potential(untrained_model_path, device="cpu")
+
+    def call_args(mol):
+        system_idx = torch.zeros(len(mol.atoms), dtype=torch.long)
+        x = torch.tensor(mol.atoms.positions)
+        i, j = NeighborList(system_idx, pot.cutoff_A, 0.0).update(x)
+        return torch.tensor(mol.atoms.numbers), x, system_idx, 1, i, j
+
+    batches = [call_args(m) for m in packaged_molecules]
+    alone = [float(pot(*b)[0]) for b in batches]
+    problems: list[str] = []
+
+    def hammer(k: int) -> None:
+        try:
+            for _ in range(100):
+                energy = float(pot(*batches[k])[0])
+                if abs(energy - alone[k]) > 1e-6:
+                    problems.append(f"{packaged_molecules[k].name}: {energy} != {alone[k]}")
+                    return
+        except Exception as e:  # the failure this guards against is an exception in a thread
+            problems.append(f"{packaged_molecules[k].name}: {e!r}")
+
+    threads = [threading.Thread(target=hammer, args=(k % len(batches),)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems, problems

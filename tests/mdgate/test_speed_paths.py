@@ -1,5 +1,6 @@
 """The fast paths change nothing measurable: the compiled model gives the eager forces, and a
-short run's energy oscillation is not mistaken for drift while a real drift still fails."""
+short run's energy oscillation is not mistaken for drift while a real drift still fails.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_short_oscillation_passes_as_noise_but_a_real_drift_fails() -> None:
     assert check.passed is False
 
 
-def test_compiled_model_gives_the_eager_forces_and_the_same_md(untrained_model_path, packaged_molecules) -> None:  # noqa: ANN001
+def test_compiled_model_gives_the_eager_forces_and_the_same_md(untrained_model_path, packaged_molecules) -> None:
     mols = [m for m in packaged_molecules if m.name in ("ethanol", "uracil")]
     cfg = GateConfig.model_validate({"md": {"n_steps": 30, "compile": "on", "fail_fast": False}})
     eager = load_potential(untrained_model_path, ModelMeta(), "cpu")
@@ -75,14 +76,14 @@ def test_compiled_model_gives_the_eager_forces_and_the_same_md(untrained_model_p
         assert np.max(np.abs(ea - eb)) < 0.05
 
 
-def test_auto_compiles_only_long_runs_after_the_fail_fast_window(packaged_molecules) -> None:  # noqa: ANN001
+def test_auto_compiles_only_long_runs_after_the_fail_fast_window(packaged_molecules) -> None:
     short = GateConfig.model_validate({"md": {"n_steps": 400}})
     long = GateConfig.model_validate({"md": {"n_steps": 4000}})
     assert compile_step(packaged_molecules, short) is None
     assert compile_step(packaged_molecules, long) == 200
 
 
-def test_compile_falls_back_to_eager_when_the_model_cannot_be_checked(untrained_model_path) -> None:  # noqa: ANN001
+def test_compile_falls_back_to_eager_when_the_model_cannot_be_checked(untrained_model_path) -> None:
     pot = load_potential(untrained_model_path, ModelMeta(), "cpu")
     bad_check = (torch.tensor([1]), torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, dtype=torch.long), 1,
                  torch.tensor([5]), torch.tensor([6]))  # pair indices out of range: the call fails
