@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +138,15 @@ class SchnetpackPotential:
         """``compiled`` once :meth:`compile` succeeded, else ``eager`` (with the reason if it failed)."""
 
     def request_compile(self) -> None:
-        """Compile at the next call, checked against the eager result of that same call."""
-        self._compile_pending = True
+        """Compile at the next call, checked against the eager result of that same call.
+
+        Only the first request counts: MD runs in several threads on one potential (the gate's
+        per-molecule tasks) each ask, and the model is compiled (or kept eager) once.
+        """
+        # dict.setdefault is atomic: exactly one thread's request is the first.
+        if self.__dict__.setdefault("_compile_requested_by", threading.get_ident()) == threading.get_ident() \
+                and self.model_call == "eager":
+            self._compile_pending = True
 
     def compile(self, check: tuple[torch.Tensor, ...] | None = None, atol_eV_per_A: float = 1e-3) -> str:
         """Compile the representation with ``torch.compile(dynamic=True)`` and keep it only if it
