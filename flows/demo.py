@@ -173,6 +173,13 @@ def fetch_results(registry: Registry, rows: list[Row], out: Path) -> None:
             row.results = json.loads(results.read_text())
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working folder when it lies under it (short enough for a table)."""
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
 def study_table(rows: list[Row]) -> list[dict[str, str]]:
     """The study's table: version, parameters, compression, R², drift, stability, verdict, report."""
     table = []
@@ -197,9 +204,34 @@ def study_table(rows: list[Row]) -> list[dict[str, str]]:
             "max drift (seed %)": f"{max(pct):.4f}" if pct else "-",
             "stability": f"{n_ok}/{n_traj} completed, {stable}/{len(mols)} molecules pass" if mols else "-",
             "verdict": row.version.status.value if row.version.status else "-",
-            "report": str(row.report) if row.report else (row.version.report or "-"),
+            "report": _shown_path(row.report) if row.report else (row.version.report or "-"),
         })
     return table
+
+
+@contextlib.contextmanager
+def _quiet_registration():
+    """Keep the demo's output to its own lines: no MLflow run URLs, pickle warnings or INFO
+    lines, and no torch deprecation warnings from loading the models (their facts are tagged).
+    """
+    import logging
+    import warnings
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    old = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+        if old is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = old
 
 
 def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: float = 2400.0,
@@ -216,7 +248,8 @@ def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: floa
         start_serve(settings, config)
     registry = Registry(settings.tracking_uri, settings.experiment)
     echo("registering the teacher and its students:")
-    rows = register_study(registry, models_dir or REPO / "examples" / "models", echo)
+    with _quiet_registration():
+        rows = register_study(registry, models_dir or REPO / "examples" / "models", echo)
     echo("waiting for the gate (webhook → Prefect flow → MLflow tags):")
     wait_for_verdicts(registry, rows, timeout_s, echo)
     fetch_results(registry, rows, settings.home / "demo-reports")

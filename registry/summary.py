@@ -37,17 +37,21 @@ def summary_rows(result: ValidationResult) -> list[dict[str, Any]]:
     return rows
 
 
+def _cell(value: Any) -> str:
+    """A Markdown table cell: a ``|`` in the text (``max |E-E0|``) would split the cell."""
+    return (fmt(value) if isinstance(value, float) else str(value)).replace("|", "\\|")
+
+
 def summary_markdown(result: ValidationResult) -> str:
     """Verdict, reason and the per-molecule table, as Markdown."""
     lines = [f"**mdgate verdict: {result.verdict.value}**. {result.reason}", ""]
     rows = summary_rows(result)
     if rows:
         header = list(rows[0])
-        lines.append("| " + " | ".join(header) + " |")
+        lines.append("| " + " | ".join(map(_cell, header)) + " |")
         lines.append("|" + "---|" * len(header))
         for row in rows:
-            cells = (fmt(v) if isinstance(v, float) else str(v) for v in row.values())
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(map(_cell, row.values())) + " |")
         lines.append("")
     acc = result.accuracy
     if acc is not None:

@@ -232,3 +232,20 @@ def test_an_error_report(tmp_path: Path) -> None:
     assert data["verdict"] == "Error" and data["reason"] == "model file not found: x.pt"
     assert data["criteria"]["sha256"] == GateConfig().sha256()
     assert not (tmp_path / "plots").exists()
+
+
+def test_the_version_description_table_keeps_its_columns(rejected) -> None:
+    """The registry's summary table (MLflow renders the version description as Markdown): every
+    row has a cell per column, also under headers with a ``|`` in them (``max |E-E0|``).
+    """
+    from registry.summary import COLUMNS, summary_markdown, summary_rows
+
+    result, _, _ = rejected
+    [table] = parse(summary_markdown(result)).tables
+    rows = summary_rows(result)
+    assert table.header == list(rows[0])
+    assert "max |E-E0| (meV/atom)" in table.header and any("|" in label for label, _ in COLUMNS)
+    assert [r[0] for r in table.rows] == [m.name for m in result.molecules]
+    for cells, row in zip(table.rows, rows, strict=True):
+        assert len(cells) == len(table.header)
+        assert cells[table.header.index("result")] == row["result"]
