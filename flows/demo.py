@@ -161,7 +161,7 @@ def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float, ech
 
 
 def fetch_results(registry: Registry, rows: list[Row], out: Path) -> None:
-    """Download each version's report and results.json into ``out/v<version>/``."""
+    """Download each version's report, results.json and plots into ``out/v<version>/``."""
     for row in rows:
         if not row.version.report:
             continue
@@ -171,6 +171,7 @@ def fetch_results(registry: Registry, rows: list[Row], out: Path) -> None:
             row.report = download(registry, row.version.report, dst, "report")
             results = download(registry, f"{base}/results.json", dst, "results")
             row.results = json.loads(results.read_text())
+            download(registry, f"{base}/plots", dst, "plots")  # the report's figures, beside it
 
 
 def _shown_path(path: Path) -> str:

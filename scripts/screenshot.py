@@ -1,0 +1,122 @@
+"""Screenshot a page of the demo's own servers with headless Chromium (Debian's ``chromium``).
+
+Drives Chromium over its DevTools protocol so that the page can be prepared first: scrollable
+panels (the MLflow version page's tag table) are unrolled so every row shows, buttons named with
+``--click`` are pressed and elements named with ``--hide`` removed (CSS selectors)::
+
+    .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17/versions/4" \
+        docs/mlflow_version.png --height 1960 --wait-for mdgate.status --click 'button[aria-label="Close"]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from websockets.sync.client import connect
+
+#: Unroll every scrolled box (MLflow's tag table scrolls inside the page).
+UNROLL = """
+for (const el of document.querySelectorAll('*')) {
+  const s = getComputedStyle(el);
+  if ((s.overflowY === 'auto' || s.overflowY === 'scroll') && el.scrollHeight > el.clientHeight + 2
+      && el !== document.documentElement && el !== document.body) {
+    el.style.maxHeight = 'none'; el.style.height = 'auto'; el.style.overflowY = 'visible';
+  }
+}
+"""
+
+
+class DevTools:
+    """A minimal DevTools-protocol client of one page."""
+
+    def __init__(self, ws_url: str):
+        self.ws = connect(ws_url, max_size=None)
+        self.next_id = 0
+
+    def call(self, method: str, **params: object) -> dict:
+        """Send one command and return its result (events in between are skipped)."""
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def evaluate(self, expression: str) -> object:
+        """Evaluate JavaScript in the page; return its value."""
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+
+def main() -> None:
+    """Take the screenshot."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--height", type=int, default=2000, help="viewport height (the UIs fill the viewport)")
+    parser.add_argument("--wait-s", type=float, default=8.0, help="time for the page to render its data")
+    parser.add_argument("--wait-for", default="", help="text the page must show before the screenshot")
+    parser.add_argument("--hide", action="append", default=[], help="CSS selector of an element to remove")
+    parser.add_argument("--click", action="append", default=[], help="CSS selector of a button to press first")
+    parser.add_argument("--port", type=int, default=9233)
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("error: install Debian's chromium (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", f"--remote-debugging-port={args.port}",
+             f"--window-size={args.width},1000", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/json/list", timeout=2) as r:
+                        pages = [p for p in json.load(r) if p.get("type") == "page"]
+                    if pages:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise SystemExit("error: chromium did not open its DevTools port")
+            page = DevTools(pages[0]["webSocketDebuggerUrl"])
+            page.call("Page.enable")
+            page.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height,
+                      deviceScaleFactor=1, mobile=False)
+            page.call("Page.navigate", url=args.url)
+            deadline = time.monotonic() + max(args.wait_s, 30.0)
+            time.sleep(args.wait_s)
+            while args.wait_for and time.monotonic() < deadline and not page.evaluate(
+                    f"document.body.innerText.includes({json.dumps(args.wait_for)})"):
+                time.sleep(0.5)
+            for selector in args.click:
+                page.evaluate(f"document.querySelectorAll({json.dumps(selector)}).forEach(e => e.click())")
+                time.sleep(1.0)
+            for selector in args.hide:
+                page.evaluate(f"document.querySelectorAll({json.dumps(selector)}).forEach(e => e.remove())")
+            page.evaluate(UNROLL)
+            time.sleep(1.0)
+            shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_bytes(base64.b64decode(shot["data"]))
+            print(f"wrote {args.out} ({args.width}x{args.height})")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
