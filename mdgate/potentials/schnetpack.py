@@ -137,6 +137,13 @@ class SchnetpackPotential:
         self.model_call = "eager"
         """``compiled`` once :meth:`compile` succeeded, else ``eager`` (with the reason if it failed)."""
 
+    def __getstate__(self) -> dict:
+        """Pickled (into a Dask task) without per-process state: cached inputs, compile owner."""
+        state = self.__dict__.copy()
+        state["_static_cache"] = {}
+        state.pop("_compile_requested_by", None)
+        return state
+
     def request_compile(self) -> None:
         """Compile at the next call, checked against the eager result of that same call.
 

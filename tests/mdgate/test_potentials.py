@@ -166,3 +166,24 @@ def test_threads_sharing_one_potential_each_get_their_own_molecules_inputs(
     for t in threads:
         t.join()
     assert not problems, problems
+
+
+def test_a_pickled_potential_leaves_its_per_process_state_behind(untrained_model_path, packaged_molecules) -> None:
+    """Dask tasks receive the potential pickled: it arrives without the sender's cached inputs
+    or compile owner, and computes the same energies.
+    """
+    import pickle
+
+    pot = load_potential(untrained_model_path, device="cpu")
+    mol = packaged_molecules[0]
+    system_idx = torch.zeros(len(mol.atoms), dtype=torch.long)
+    x = torch.tensor(mol.atoms.positions)
+    i, j = NeighborList(system_idx, pot.cutoff_A, 0.0).update(x)
+    args = (torch.tensor(mol.atoms.numbers), x, system_idx, 1, i, j)
+    energy = float(pot(*args)[0])
+    pot.request_compile()
+    pot._compile_pending = False  # asked, not done: only the owner thread is recorded
+    copy = pickle.loads(pickle.dumps(pot))
+    assert pot._static_cache and not copy._static_cache
+    assert "_compile_requested_by" not in copy.__dict__
+    assert float(copy(*args)[0]) == pytest.approx(energy, abs=1e-9)
