@@ -182,7 +182,8 @@ def _parse_meta(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def register(
-    model: Annotated[Path, typer.Argument(help="Model file written by torch.save (e.g. schnetpack best_model).")],
+    model: Annotated[Path, typer.Argument(help="Model file written by torch.save (e.g. schnetpack best_model), or a "
+                                          "weights-only folder (architecture.json + state_dict.pt).")],
     name: Annotated[str, typer.Option("--name", help="Registered model name.")],
     parent: Annotated[str | None, typer.Option(help="Parent model as NAME/VERSION (must be registered).")] = None,
     meta: Annotated[list[str] | None, typer.Option(help="Metadata KEY=VALUE (cutoff_A, energy_unit, "
