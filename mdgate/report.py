@@ -328,25 +328,46 @@ def render_html(markdown: str, title: str = "mdgate report") -> str:
 
 
 def plot_molecule(mol: MoleculeResult, path: Path) -> None:
-    """Plot total-energy deviation (meV/atom) and temperature vs time for every replica."""
+    """Plot total-energy deviation (meV/atom) and temperature vs time for every replica.
+
+    Each replica's fitted drift is drawn as a dotted line (the least-squares line of the drift
+    check, through the mean of the recorded points), and the energy checks' worst values are
+    printed against their bounds, so how close a model is to failing shows at a glance.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     for r in mol.replicas:
-        t = r.series.get("time_ps", [])
-        ax1.plot(t, r.series.get("e_tot_minus_e0_meV_per_atom", []), lw=1, label=f"replica {r.replica}")
+        t = np.asarray(r.series.get("time_ps", []), float)
+        e = np.asarray(r.series.get("e_tot_minus_e0_meV_per_atom", []), float)
+        [line] = ax1.plot(t, e, lw=1, label=f"replica {r.replica}")
+        slope = r.metrics.get("drift_slope_meV_per_atom_per_ps")
+        if slope is not None and np.isfinite(slope) and len(t) == len(e) > 1 and np.isfinite(e).all():
+            ax1.plot(t, e.mean() + slope * (t - t.mean()), color=line.get_color(), ls=":", lw=1.5)
         ax2.plot(t, r.series.get("temperature_K", []), lw=1)
         if r.failure is not None:
             ax1.axvline(r.failure.time_ps, color="red", ls="--", lw=0.8)
+    checks = {c.name: c for c in mol.checks}
+    notes = []
+    for key, label in (("drift_slope_meV_per_atom_per_ps", "|drift slope| (dotted)"),
+                       ("max_energy_deviation_meV_per_atom", "max |E−E0|")):
+        c = checks.get(key)
+        if c is not None and c.value is not None:
+            bound = f", bound {fmt(c.bound)}" if c.bound is not None else ""
+            notes.append(f"{label}: {fmt(c.value)} {c.unit}{bound}")
+    if notes:
+        ax1.text(0.01, 0.03, "\n".join(notes), transform=ax1.transAxes, fontsize=7, va="bottom",
+                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     ax1.set_ylabel("E_tot(t) − E_tot(0)\n(meV/atom)")
     ax2.set_ylabel("T (K)")
     ax2.set_xlabel("time (ps)")
     ax1.set_title(f"{mol.name} ({mol.formula}): {'PASS' if mol.passed else 'FAIL'}")
     if len(mol.replicas) <= 8:
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
