@@ -30,3 +30,11 @@ class ModelInterfaceError(MdgateError):
 
 class MetadataError(MdgateError):
     """Raised when model metadata (units, cutoff, output keys) is missing or contradictory."""
+
+
+class UnitMismatchError(MetadataError):
+    """Raised before MD (by ``mdgate validate``, the gate and ``mdgate register``) when the model's
+    forces are a known unit ratio off the reference forces (e.g. 23.06× for a model in kcal/mol
+    declared as eV), or, without a reference set, clearly implausible in size at the start
+    geometries. The message names the measured scale and the unit to declare.
+    """

@@ -73,6 +73,8 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
         check_reference_matches(molecules, reference)
     potential = load_potential(model, meta, device or config.md.device.value)
     check_potential(potential, molecules)
+    from mdgate.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
+    check_force_units(potential, molecules, reference, potential.meta.energy_unit)
     return Inputs(potential, molecules, reference)
 
 

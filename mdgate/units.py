@@ -23,6 +23,8 @@ ENERGY_TO_EV: dict[str, float] = {
     "kJ/mol": ase_units.kJ / ase_units.mol,
     "Hartree": ase_units.Hartree,
     "Ha": ase_units.Hartree,
+    "Rydberg": ase_units.Rydberg,
+    "Ry": ase_units.Rydberg,
 }
 #: Multiply a length in the given unit by this factor to get Å.
 LENGTH_TO_ANGSTROM: dict[str, float] = {
@@ -34,6 +36,20 @@ LENGTH_TO_ANGSTROM: dict[str, float] = {
     "Bohr": ase_units.Bohr,
     "bohr": ase_units.Bohr,
 }
+
+
+#: Units a model's output is commonly in, as (name, energy unit, length unit): the candidates the
+#: unit check (:mod:`mdgate.unitcheck`) compares measured force scales with. One entry per
+#: distinct force unit (aliases such as ``Ha`` are left out).
+FORCE_UNIT_CANDIDATES: tuple[tuple[str, str, str], ...] = (
+    ("eV", "eV", "Angstrom"),
+    ("meV", "meV", "Angstrom"),
+    ("kcal/mol", "kcal/mol", "Angstrom"),
+    ("kJ/mol", "kJ/mol", "Angstrom"),
+    ("Hartree", "Hartree", "Angstrom"),
+    ("Rydberg", "Rydberg", "Angstrom"),
+    ("Hartree/Bohr", "Hartree", "Bohr"),
+)
 
 
 def energy_factor(unit: str) -> float:
@@ -62,3 +78,12 @@ def length_factor(unit: str) -> float:
         raise ValueError(
             f"unknown length unit {unit!r}; use one of {sorted(LENGTH_TO_ANGSTROM)}"
         ) from None
+
+
+def force_factor(energy_unit: str, position_unit: str = "Angstrom") -> float:
+    """Return the factor that converts a force in ``energy_unit``/``position_unit`` to eV/Å.
+
+    Raises:
+        ValueError: if a unit is not known.
+    """
+    return energy_factor(energy_unit) / length_factor(position_unit)
