@@ -53,7 +53,9 @@ def read_meta_file(model: Path, meta_file: Path | None) -> dict:
 
 @app.command()
 def validate(
-    model: Annotated[Path, typer.Argument(help="Model file written by torch.save (e.g. schnetpack best_model).")],
+    model: Annotated[Path, typer.Argument(help="A schnetpack training run folder (best_model + config.yaml: units, "
+                                          "keys and cutoff are read from it), or a model file written by "
+                                          "torch.save (e.g. schnetpack best_model).")],
     molecules: Annotated[Path | None, typer.Option(help="Validation set (extxyz, ASE db). Default: packaged set.")] = None,
     reference: Annotated[Path | None, typer.Option(help="Reference set with energies/forces for accuracy.")] = None,
     config: Annotated[Path | None, typer.Option(help="Gate config YAML (md, criteria, molecules, reference).")] = None,
@@ -70,7 +72,11 @@ def validate(
     n_steps: Annotated[int | None, typer.Option(help="MD steps (overrides the config).")] = None,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
-    """Validate a model file by NVE MD; exit 0 Approved, 1 Rejected, 2 error."""
+    """Validate a model file or a schnetpack training run by NVE MD; exit 0 Approved, 1 Rejected, 2 error.
+
+    The declared energy unit is verified against the reference forces before MD: a model whose forces
+    are a known unit ratio off (e.g. 23.06x: kcal/mol declared as eV) is an error naming the unit.
+    """
     from mdgate.config import load_config, parse_config
     from mdgate.potentials import ModelMeta
     from mdgate.report import write_report
@@ -88,12 +94,15 @@ def validate(
                 data["md"]["n_steps"] = n_steps
             cfg = parse_config(data, str(config or "command line"))
         meta_data = read_meta_file(model, meta_file)
+        sources = {k: f"the metadata file {meta_file or 'beside the model'}" for k in meta_data}
         overrides = {
             "energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
             "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
             "parent_n_parameters": parent_params,
         }
         meta_data.update({k: v for k, v in overrides.items() if v is not None})
+        sources.update({k: _OPTION[k] for k, v in overrides.items() if v is not None})
+        model, meta_data = _training_run_meta(model, meta_data, sources)
         meta = ModelMeta.model_validate(meta_data)
     except MdgateError as e:
         if traceback:
@@ -165,6 +174,24 @@ def _gate_settings(config: Path | None = None):  # returns flows.settings.Settin
     return settings
 
 
+#: The ``validate`` option of each metadata key (for messages).
+_OPTION = {"energy_unit": "--energy-unit", "position_unit": "--position-unit", "energy_key": "--energy-key",
+           "forces_key": "--forces-key", "cutoff_A": "--cutoff-A", "level_of_theory": "--level-of-theory",
+           "parent_n_parameters": "--parent-params"}
+
+
+def _training_run_meta(model: Path, meta_data: dict, sources: dict[str, str]) -> tuple[Path, dict]:
+    """For a schnetpack training run folder: its ``best_model`` and the metadata of its
+    ``config.yaml`` merged with ``meta_data`` (a contradiction is an error); else unchanged.
+    """
+    from mdgate.rundir import is_training_run, merge_meta, read_training_run
+
+    if not is_training_run(model):
+        return model, meta_data
+    run = read_training_run(model)
+    return run.model_path, merge_meta(run, meta_data, sources)
+
+
 def _parse_meta(pairs: list[str]) -> dict[str, str]:
     from mdgate.potentials import ModelMeta
 
@@ -182,26 +209,37 @@ def _parse_meta(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def register(
-    model: Annotated[Path, typer.Argument(help="Model file written by torch.save (e.g. schnetpack best_model), or a "
-                                          "weights-only folder (architecture.json + state_dict.pt).")],
+    model: Annotated[Path, typer.Argument(help="A schnetpack training run folder (best_model + config.yaml: units, "
+                                          "keys and cutoff are read from it, the config is logged with the "
+                                          "version), a model file written by torch.save (e.g. schnetpack "
+                                          "best_model), or a weights-only folder (architecture.json + "
+                                          "state_dict.pt).")],
     name: Annotated[str, typer.Option("--name", help="Registered model name.")],
     parent: Annotated[str | None, typer.Option(help="Parent model as NAME/VERSION (must be registered).")] = None,
     meta: Annotated[list[str] | None, typer.Option(help="Metadata KEY=VALUE (cutoff_A, energy_unit, "
                                                    "position_unit, energy_key, forces_key, level_of_theory).")] = None,
     meta_file: Annotated[Path | None, typer.Option(help="JSON model metadata [default: MODEL.json if present].")] = None,
     description: Annotated[str | None, typer.Option(help="Version description.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Reference set for the unit check [default: packaged].")] = None,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
-    """Log and register a potential in MLflow with its metadata (status Pending); exit 0, or 2."""
+    """Log and register a potential in MLflow with its metadata (status Pending); exit 0, or 2.
+
+    The declared units are verified first (forces against the reference set): a model whose forces
+    are a known unit ratio off is refused, with the unit to declare.
+    """
     settings = _gate_settings()
     from registry import Registry, RegistryError
     from registry.register import register_potential
 
     try:
         data = read_meta_file(model, meta_file)
-        data.update(_parse_meta(meta or []))
+        sources = {k: f"the metadata file {meta_file or 'beside the model'}" for k in data}
+        given = _parse_meta(meta or [])
+        data.update(given)
+        sources.update({k: f"--meta {k}" for k in given})
         info = register_potential(Registry(settings.tracking_uri, settings.experiment), model, name, parent,
-                                  data, description)
+                                  data, description, reference=reference, meta_sources=sources)
     except (MdgateError, RegistryError) as e:
         if traceback:
             raise
