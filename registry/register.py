@@ -12,10 +12,12 @@ from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
-from mdgate.errors import MetadataError
+from mdgate.errors import MetadataError, UnitMismatchError
 from mdgate.potentials import ModelMeta
-from mdgate.potentials.schnetpack import count_parameters, find_cutoff_A, load_module
+from mdgate.potentials.schnetpack import SchnetpackPotential, count_parameters, find_cutoff_A, load_module
 from mdgate.potentials.spec import SPEC_FILE, WEIGHTS_FILE, is_state_dict_model
+from mdgate.rundir import is_training_run, merge_meta, read_training_run
+from mdgate.unitcheck import UnitDiagnosis
 from registry import types as T
 from registry.artifacts import file_sha256
 from registry.client import Registry, iso, to_info, translate_errors
@@ -61,24 +63,36 @@ def check_meta(module: Any, meta: dict[str, Any]) -> tuple[ModelMeta, float]:
 
 
 def register_potential(registry: Registry, model_path: str | Path, name: str, parent: str | None = None,
-                       meta: dict[str, Any] | None = None, description: str | None = None) -> VersionInfo:
+                       meta: dict[str, Any] | None = None, description: str | None = None,
+                       reference: str | Path | None = None, meta_sources: dict[str, str] | None = None,
+                       ) -> VersionInfo:
     """Log a model file as an ``mlflow.pytorch`` model and register it as a new version of
     ``name`` with status Pending and its metadata as ``mdgate.*`` tags.
 
+    The declared units are verified before anything is written (:func:`verify_units`): a model
+    whose forces are a known unit ratio off the reference is refused.
+
     Args:
         registry: the registry.
-        model_path: a ``torch.save(model)`` file (e.g. schnetpack ``best_model``), or a folder in
-            the state-dict format (``architecture.json`` + ``state_dict.pt``, loaded with
-            ``weights_only=True``; see :mod:`mdgate.potentials.spec`), logged as it is.
+        model_path: a schnetpack training run folder (``best_model`` + ``config.yaml``: units,
+            keys and cutoff come from the config, which is logged as ``training/config.yaml`` of
+            the registration run; see :mod:`mdgate.rundir`), a ``torch.save(model)`` file (e.g.
+            schnetpack ``best_model``), or a folder in the state-dict format (``architecture.json``
+            + ``state_dict.pt``, loaded with ``weights_only=True``; see
+            :mod:`mdgate.potentials.spec`), logged as it is.
         name: registered model name.
         parent: the model this one derives from, ``name/version`` (must be registered) or free text.
         meta: metadata (:class:`~mdgate.potentials.ModelMeta` fields); units default to eV and Å,
             the cutoff is read from the model.
         description: version description.
+        reference: reference set for the unit check (default: the packaged GFN2-xTB set).
+        meta_sources: what gave each key of ``meta`` (e.g. ``--meta energy_unit``), for messages.
 
     Raises:
         ModelLoadError: the file is not a torch model.
-        MetadataError: unknown unit, no cutoff, missing output, unregistered parent.
+        MetadataError: unknown unit, no cutoff, missing output, unregistered parent, metadata that
+            contradicts the training config.
+        UnitMismatchError: the forces are a known unit ratio off the reference.
         RegistryError: the registry could not be written.
     """
     import mlflow.pytorch
@@ -86,11 +100,17 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
     import torch
 
     path = Path(model_path)
-    module = load_module(path)
     data = dict(meta or {})
+    training = None
+    if is_training_run(path):
+        training = read_training_run(path)
+        data = merge_meta(training, data, meta_sources)
+        path = training.model_path
+    module = load_module(path)
     if parent:
         data["parent"] = parent
     m, cutoff = check_meta(module, data)
+    verify_units(path, m, reference)
     if parent and m.parent_n_parameters is None:
         m.parent_n_parameters = _registered_parent_parameters(registry, parent)
     tags = {
@@ -125,6 +145,9 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
                                                                                "mdgate.file": path.name})
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in tags.items()])
             client.log_artifacts(run.info.run_id, str(local), "model")
+            if training is not None:  # the training config, as spktrain wrote it
+                client.log_artifact(run.info.run_id, str(training.config_path), "training")
+                client.set_tag(run.info.run_id, "mdgate.training_config", "training/config.yaml")
             client.set_terminated(run.info.run_id)
     with translate_errors(f"registering {name}"):
         try:
@@ -138,6 +161,30 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
             description=description,
         )
     return to_info(mv)
+
+
+def verify_units(model_path: Path, meta: ModelMeta, reference: str | Path | None = None) -> UnitDiagnosis | None:
+    """Run the unit check of ``mdgate validate`` (:func:`mdgate.unitcheck.check_force_units`) on a
+    fresh copy of the model, against ``reference`` (default: the packaged set) on the frames of
+    the elements the model handles, or the plausibility check on the packaged molecules.
+
+    Returns:
+        The diagnosis, or ``None`` when the check could not run (the model raised, a set could not
+        be read): registering does not judge the model, the gate reports such failures.
+
+    Raises:
+        UnitMismatchError: the forces are a known unit ratio off the reference.
+    """
+    from mdgate.molecules import read_molecules, read_reference
+    from mdgate.unitcheck import check_force_units
+
+    try:
+        potential = SchnetpackPotential(load_module(model_path), meta, "cpu")
+        return check_force_units(potential, read_molecules(), read_reference(reference), meta.energy_unit)
+    except UnitMismatchError:
+        raise
+    except Exception:  # the gate reports models that cannot be evaluated
+        return None
 
 
 def model_sha256(path: Path) -> str:
