@@ -34,9 +34,9 @@ from flows.progress import GateProgress
 from flows.settings import GATE_FLOW, Settings, load_settings
 from mdgate.config import GateConfig, load_config
 from mdgate.errors import MdgateError, MetadataError
-from mdgate.molecules import Molecule, ReferenceSet
+from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
-from mdgate.results import AccuracyResult, MoleculeResult, Timing, ValidationResult, Verdict
+from mdgate.results import ValidationResult, Verdict
 from registry import types as T
 from registry.errors import ArtifactStoreError, HostStorageError, LeaseLostError, TransientRegistryError
 from registry.summary import summary_rows
@@ -163,8 +163,9 @@ class MDAbortedError(MdgateError):
 
 @task(name="md", **ENGINE_TASK)
 def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads: int, timeout_s: float,
-                progress: GateProgress | None, abort: threading.Event) -> MoleculeResult:
-    """NVE MD of one molecule, all replicas batched (``mdgate.runner.run_md``).
+                progress: GateProgress | None, abort: threading.Event) -> Any:
+    """The MD stages of one molecule (NVE and heat stress), all replicas batched
+    (``mdgate.runner.run_md``); returns its ``MoleculeRun``.
 
     The timeout is checked at every step (a thread cannot be interrupted from outside): the
     task raises :class:`MDTimeoutError`, which ends the gate as Error.
@@ -176,9 +177,10 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
 
     configure_threads(threads)
     deadline = time.monotonic() + timeout_s
-    get_run_logger().info("MD of %s (%d atoms, %d replicas, %d steps) in process %d on %s",
-                          molecule.name, len(molecule.atoms), config.md.n_replicas, config.md.n_steps,
-                          os.getpid(), socket.gethostname())
+    get_run_logger().info("MD of %s (%d atoms, %d replicas, %d NVE + %d stress steps) in process %d on %s",
+                          molecule.name, len(molecule.atoms), config.md.n_replicas,
+                          config.md.n_steps if config.md.enabled else 0,
+                          config.stress.n_steps if config.stress.enabled else 0, os.getpid(), socket.gethostname())
 
     def tick(name: str, step: int, n_steps: int, running: bool) -> None:
         if abort.is_set():
@@ -196,22 +198,9 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
     return result
 
 
-@task(name="accuracy", **ENGINE_TASK)
-def accuracy(potential: Any, reference: ReferenceSet, config: GateConfig,
-             level: str | None) -> AccuracyResult:
-    """Force and energy accuracy on the reference set (``mdgate.runner.run_accuracy``)."""
-    from mdgate.runner import run_accuracy
-
-    return run_accuracy(potential, reference, config, level)
-
-
-@task(name="verdict", **ENGINE_TASK)
-def decide(source: str, potential: Any, meta: ModelMeta, config: GateConfig, molecules: list[MoleculeResult],
-           acc: AccuracyResult | None, timing: Timing) -> ValidationResult:
-    """Apply the criteria and build the result (``mdgate.runner.assemble``)."""
-    from mdgate.runner import assemble, model_info
-
-    return assemble(model_info(source, potential, meta), config, molecules, acc, timing)
+def run_stage(name: str, fn: Any) -> Any:
+    """Run a pipeline stage (sanity, accuracy, oracle) as a Prefect task of its own."""
+    return task(name=name, **ENGINE_TASK)(fn)()
 
 
 @task(name="report", **ENGINE_TASK)
@@ -327,25 +316,45 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
 
 def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,
              source: str) -> tuple[ValidationResult, dict[str, str]]:
-    """Fetch, load, MD (one task per molecule), accuracy and verdict.
+    """Fetch, load, then the engine's pipeline (``mdgate.runner.run_pipeline``) with one MD task
+    per molecule and each other stage as a task.
 
     Raises:
         MdgateError: the model or its sets are unusable (the gate ends as Error).
     """
+    from mdgate.config import OracleKind
+    from mdgate.runner import run_pipeline
+
     candidate = fetch_candidate(settings, claim.name, claim.version, work)
     config, extra = effective_config(gate_config, candidate)
     t0 = time.perf_counter()
     inputs = load_candidate(candidate.model_path, config, candidate.meta, settings.md_timeout_s)
-    t_md = time.perf_counter()
-    molecules = run_molecules(settings, claim, inputs, config, key)
-    md_s = time.perf_counter() - t_md
-    t_acc = time.perf_counter()
-    acc = None
-    if inputs.reference is not None:
-        acc = accuracy(inputs.potential, inputs.reference, config, candidate.meta.level_of_theory)
-    timing = gate_timing(molecules, md_s, time.perf_counter() - t_acc, time.perf_counter() - t0,
-                         str(inputs.potential.device))
-    return decide(source, inputs.potential, candidate.meta, config, molecules, acc, timing), extra
+    parent = parent_level = None
+    if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT:
+        parent, parent_level = load_parent(settings, candidate.meta, config, work)
+    result = run_pipeline(inputs, config, candidate.meta, source,
+                          map_md=lambda mols: run_molecules(settings, claim, inputs, config, key),
+                          run_stage=run_stage, parent=parent, parent_level=parent_level)
+    result.timing.total_s = time.perf_counter() - t0
+    return result, extra
+
+
+def load_parent(settings: Settings, meta: ModelMeta, config: GateConfig, work: Path) -> tuple[Any, str | None]:
+    """The parent model (``mdgate.parent`` = ``name/version``) for the parent oracle.
+
+    Raises:
+        MetadataError: no parent named.
+    """
+    from mdgate.potentials.schnetpack import load_potential
+
+    if config.oracle.parent_model is not None:
+        return load_potential(config.oracle.parent_model, ModelMeta(), config.md.device.value), None
+    name, _, version = (meta.parent or "").rpartition("/")
+    if not name or not version:
+        raise MetadataError(f"oracle 'parent' needs mdgate.parent = 'name/version' (got {meta.parent!r})")
+    parent = fetch_candidate(settings, name, version, work / "parent")
+    return (load_potential(parent.model_path, parent.meta, config.md.device.value),
+            parent.meta.level_of_theory)
 
 
 def effective_config(gate_config: GateConfig, candidate: Candidate) -> tuple[GateConfig, dict[str, str]]:
@@ -366,7 +375,7 @@ def effective_config(gate_config: GateConfig, candidate: Candidate) -> tuple[Gat
 
 
 def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateConfig,
-                  key: str) -> list[MoleculeResult]:
+                  key: str) -> list[Any]:
     """One MD task per molecule, at most ``settings.md_parallel`` at a time.
 
     Raises:
@@ -377,7 +386,9 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
     threads = settings.md_threads(n_parallel)
     registry = registry_for(settings)
     progress = GateProgress(
-        f"{key}-progress", {m.name: config.md.n_steps for m in molecules},
+        f"{key}-progress", {m.name: max(config.md.n_steps if config.md.enabled else 0,
+                                        config.stress.n_steps if config.stress.enabled else 0, 1)
+                            for m in molecules},
         renew=lambda: registry.renew(claim), renew_every_s=settings.lease_s / 3,
     )
     md_task = md_molecule.with_options(tags=[settings.gpu_tag])
@@ -388,7 +399,7 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
     abort = threading.Event()
     pending = list(molecules)
     running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
-    results: dict[str, MoleculeResult] = {}
+    results: dict[str, Any] = {}
     failure: BaseException | None = None
     while (pending and failure is None) or running:
         while pending and failure is None and len(running) < n_parallel:
@@ -408,16 +419,6 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
     if failure is not None:
         raise failure
     return [results[m.name] for m in molecules]
-
-
-def gate_timing(molecules: list[MoleculeResult], md_s: float, accuracy_s: float, total_s: float,
-                device: str) -> Timing:
-    """Where the gate's time went (MD wall time over all molecule tasks)."""
-    steps = max((r.steps_done for m in molecules for r in m.replicas), default=0)
-    atom_steps = sum(r.steps_done * m.n_atoms for m in molecules for r in m.replicas)
-    return Timing(total_s=total_s, md_s=md_s, accuracy_s=accuracy_s, device=device, md_steps=steps,
-                  ms_per_step=md_s / steps * 1000 if steps else None,
-                  atom_steps_per_s=atom_steps / md_s if md_s > 0 else None)
 
 
 def _error(reason: str, source: str, config: GateConfig) -> ValidationResult:

@@ -4,9 +4,12 @@ bounds and pass/fail. A failing model is data here, never an exception.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from mdgate.config import Bound, Criteria
+from mdgate.checkspec import CHECKS
+from mdgate.config import Bound
 from mdgate.md import Trajectory
 from mdgate.results import AccuracyResult, CheckResult, FailureInfo, MoleculeResult, ReplicaResult
 
@@ -107,9 +110,13 @@ def force_accuracy(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 # -------------------------------------------------------------------------------- evaluation
 
 
-def _check(name: str, value: float | None, unit: str, spec: Bound, *, lower: bool = False,
-           step: int | None = None, time_ps: float | None = None, note: str = "") -> CheckResult:
-    """Compare ``value`` with ``spec.bound`` (``lower``: the value must be >= the bound)."""
+def check(name: str, value: float | None, spec: Bound, *, required: bool = True, step: int | None = None,
+          time_ps: float | None = None, note: str = "") -> CheckResult:
+    """Compare ``value`` with the bound ``spec`` in the direction of the table's check ``name``.
+
+    ``required`` false (an informational stage) makes the check informational whatever its bound.
+    """
+    table = CHECKS[name]
     if value is None or not np.isfinite(value):
         passed: bool | None = False if spec.bound is not None else None
         note = note or "not measurable"
@@ -117,79 +124,140 @@ def _check(name: str, value: float | None, unit: str, spec: Bound, *, lower: boo
     elif spec.bound is None:
         passed = None
     else:
-        passed = bool(value >= spec.bound) if lower else bool(value <= spec.bound)
-    return CheckResult(name=name, value=value, unit=unit, bound=spec.bound,
-                       comparison=">=" if lower else "<=", passed=passed,
-                       required=spec.required and spec.bound is not None,
+        passed = bool(value >= spec.bound) if table.lower else bool(value <= spec.bound)
+    return CheckResult(name=name, value=value, unit=table.unit, bound=spec.bound, comparison=table.comparison,
+                       passed=passed, required=required and spec.required and spec.bound is not None,
                        step=step, time_ps=time_ps, note=note)
+
+
+def enabled(criteria: Any, name: str) -> Bound | None:
+    """The bound of check ``name`` in ``criteria``, or ``None`` when absent or switched off."""
+    b = getattr(criteria, name, None)
+    return b if isinstance(b, Bound) and b.enabled else None
 
 
 #: Fewer records than this after an early stop: the drift slope is not measured.
 MIN_RECORDS_FOR_SLOPE = 20
 
-_MD_UNITS = {
-    "max_force_eV_per_A": "eV/Å",
-    "max_temperature_K": "K",
-    "max_bond_deviation_A": "Å",
-    "drift_slope_meV_per_atom_per_ps": "meV/atom/ps",
-    "max_energy_deviation_meV_per_atom": "meV/atom",
-    "total_drift_percent": "%",
-    "drift_over_kinetic_std": "",
-}
+#: Checks measured on every MD trajectory from its records (worst over the run).
+_STABILITY = ["max_force_eV_per_A", "max_temperature_K", "max_temperature_excess_K", "temperature_jump_factor",
+              "max_bond_deviation_A", "min_distance_A", "isolated_h_atoms"]
 
 
-def evaluate_trajectory(traj: Trajectory, criteria: Criteria) -> ReplicaResult:
-    """Measure one trajectory and apply the MD criteria to it."""
-    t = traj.time_ps
-    e = traj.e_tot_eV
-    n = traj.n_atoms
+def _stability_metrics(traj: Trajectory) -> dict[str, float | None]:
+    if not traj.step:
+        return dict.fromkeys(_STABILITY)
+    temp = np.asarray(traj.temperature_K, float)
+
+    def worst(values: list[float], how: str) -> float | None:
+        finite = np.asarray(values, float)
+        finite = finite[~np.isnan(finite)]
+        return None if finite.size == 0 else float(finite.max() if how == "max" else finite.min())
+
+    out = {
+        "max_force_eV_per_A": worst(traj.max_force_eV_per_A, "max"),
+        "max_temperature_K": worst(traj.temperature_K, "max"),
+        "max_bond_deviation_A": worst(traj.max_bond_deviation_A, "max"),
+        "min_distance_A": worst(traj.min_distance_A, "min"),
+        "isolated_h_atoms": worst(traj.isolated_h_atoms, "max"),
+        "temperature_jump_factor": worst(traj.temperature_jump_factor, "max"),
+        "mean_temperature_K": float(np.nanmean(temp)),
+    }
+    if traj.stage == "stress" and len(traj.target_temperature_K) == len(temp):
+        out["max_temperature_excess_K"] = worst(list(temp - np.asarray(traj.target_temperature_K, float)), "max")
+    return {k: None if v is None else float(v) for k, v in out.items()}
+
+
+def evaluate_trajectory(traj: Trajectory, criteria: Any, required: bool = True) -> ReplicaResult:
+    """Measure one trajectory (NVE or stress) and apply the stage's ``criteria`` to it.
+
+    Checks absent from ``criteria`` (energy conservation in the stress stage) or switched off are
+    not evaluated; ``required`` false makes every check informational.
+    """
+    t, e, n = traj.time_ps, traj.e_tot_eV, traj.n_atoms
     finite_rows = np.isfinite(e)
     tf, ef = t[finite_rows], e[finite_rows]
     ekf = np.asarray(traj.e_kin_eV)[finite_rows]
     metrics: dict[str, float | None] = {}
-    if ef.size:
+    energy_checks = enabled(criteria, "max_energy_deviation_meV_per_atom") is not None or \
+        enabled(criteria, "drift_slope_meV_per_atom_per_ps") is not None
+    if ef.size and energy_checks:
         metrics.update(seed_figures(tf, ef))
         metrics["drift_slope_meV_per_atom_per_ps"] = drift_slope_meV_per_atom_per_ps(tf, ef, n)
         metrics["drift_slope_stderr_meV_per_atom_per_ps"] = drift_slope_stderr_meV_per_atom_per_ps(tf, ef, n)
         metrics["max_energy_deviation_meV_per_atom"] = max_energy_deviation_meV_per_atom(ef, n)
         metrics["drift_over_kinetic_std"] = drift_over_kinetic_std(tf, ef, ekf)
-    metrics["max_force_eV_per_A"] = float(np.nanmax(traj.max_force_eV_per_A)) if traj.step else None
-    metrics["max_temperature_K"] = float(np.nanmax(traj.temperature_K)) if traj.step else None
-    metrics["mean_temperature_K"] = float(np.nanmean(traj.temperature_K)) if traj.step else None
-    metrics["max_bond_deviation_A"] = float(np.nanmax(traj.max_bond_deviation_A)) if traj.step else None
+    metrics.update(_stability_metrics(traj))
+    fail = traj.failure
     metrics["steps_done"] = float(traj.steps_done)
     metrics["simulated_ps"] = traj.steps_done * traj.timestep_fs * 1e-3
+    metrics["completed_fraction"] = traj.steps_done / traj.steps_asked if not fail else fail.step / traj.steps_asked
+    metrics["time_to_failure_ps"] = fail.time_ps if fail else None
+    metrics["temperature_at_failure_K"] = fail.temperature_K if fail else None
+    if traj.target_temperature_K and traj.stage == "stress":
+        metrics["max_target_temperature_K"] = float(np.nanmax(traj.target_temperature_K))
     metrics = {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in metrics.items()}
 
-    fail = traj.failure
     failure = FailureInfo(check=fail.check, step=fail.step, time_ps=fail.time_ps,
-                          value=fail.value if np.isfinite(fail.value) else None) if fail else None
+                          value=fail.value if np.isfinite(fail.value) else None, temperature_K=fail.temperature_K,
+                          target_temperature_K=fail.target_temperature_K) if fail else None
 
     def at_failure(name: str) -> dict:
         return {"step": fail.step, "time_ps": fail.time_ps} if fail and fail.check == name else {}
 
     checks: list[CheckResult] = []
-    completed = traj.steps_done >= traj.steps_asked
-    if criteria.completion:
+    completed = fail is None and traj.steps_done >= traj.steps_asked
+    if getattr(criteria, "completion", False):
+        where = ""
+        if fail:
+            where = f"stopped by {fail.check} at step {fail.step} ({fail.time_ps:.4f} ps"
+            where += f", {fail.temperature_K:.0f} K)" if fail.temperature_K is not None else ")"
         checks.append(CheckResult(
-            name="completion", value=traj.steps_done / traj.steps_asked, unit="fraction of steps",
-            bound=1.0, comparison=">=", passed=completed, required=True,
-            step=fail.step if fail else None, time_ps=fail.time_ps if fail else None,
-            note=f"stopped by {fail.check} at step {fail.step} ({fail.time_ps:.4f} ps)" if fail else ""))
-    if criteria.finite:
+            name="completion", value=metrics["completed_fraction"], unit=CHECKS["completion"].unit,
+            bound=1.0, comparison=">=", passed=completed, required=required,
+            step=fail.step if fail else None, time_ps=fail.time_ps if fail else None, note=where))
+    if getattr(criteria, "finite", False):
         bad = bool(fail and fail.check == "finite")
         checks.append(CheckResult(
-            name="finite", value=1.0 if bad else 0.0, unit="non-finite events", bound=0.0,
-            passed=not bad, required=True, **at_failure("finite")))
-    for name in ("max_force_eV_per_A", "max_temperature_K", "max_bond_deviation_A"):
-        checks.append(_check(name, metrics[name], _MD_UNITS[name], getattr(criteria, name),
-                             **at_failure(name)))
+            name="finite", value=1.0 if bad else 0.0, unit=CHECKS["finite"].unit, bound=0.0,
+            passed=not bad, required=required, **at_failure("finite")))
+    series = {"max_temperature_excess_K": traj.target_temperature_K, "temperature_jump_factor":
+              traj.temperature_jump_factor, "min_distance_A": traj.min_distance_A,
+              "isolated_h_atoms": traj.isolated_h_atoms}
+    for name in _STABILITY:
+        if name in series and not series[name] and traj.step:
+            continue  # not recorded by this trajectory (built outside the MD loop)
+        if (b := enabled(criteria, name)) is not None:
+            checks.append(check(name, metrics.get(name), b, required=required, **at_failure(name)))
+    if (b := enabled(criteria, "drift_slope_meV_per_atom_per_ps")) is not None:
+        checks.append(_drift_check(metrics, b, completed, len(tf), required))
+    for name in ("max_energy_deviation_meV_per_atom", "total_drift_percent", "drift_over_kinetic_std"):
+        if (b := enabled(criteria, name)) is not None:
+            checks.append(check(name, metrics.get(name), b, required=required, **at_failure(name)))
+    stride = max(1, len(t) // 500)
+    series = {
+        "time_ps": [round(float(v), 6) for v in t[::stride]],
+        "e_tot_minus_e0_meV_per_atom": [
+            float(v) for v in ((e[::stride] - e[0]) * 1000.0 / n)] if e.size else [],
+        "temperature_K": [float(v) for v in np.asarray(traj.temperature_K)[::stride]],
+    }
+    if traj.stage == "stress":
+        series["target_temperature_K"] = [float(v) for v in np.asarray(traj.target_temperature_K)[::stride]]
+        series["max_bond_deviation_A"] = [float(v) for v in np.asarray(traj.max_bond_deviation_A)[::stride]]
+        series["min_distance_A"] = [float(v) for v in np.asarray(traj.min_distance_A)[::stride]]
+        series.pop("e_tot_minus_e0_meV_per_atom")
+    return ReplicaResult(replica=traj.replica, steps_done=traj.steps_done, failure=failure,
+                         metrics=metrics, checks=checks, series=series)
+
+
+def _drift_check(metrics: dict[str, float | None], spec: Bound, completed: bool, n_records: int,
+                 required: bool) -> CheckResult:
+    """The drift-slope check, allowing for the Verlet oscillation's apparent slope."""
     slope = metrics.get("drift_slope_meV_per_atom_per_ps")
-    drift = _check("drift_slope_meV_per_atom_per_ps", abs(slope) if slope is not None else None,
-                   _MD_UNITS["drift_slope_meV_per_atom_per_ps"], criteria.drift_slope_meV_per_atom_per_ps,
-                   note="" if completed else "measured on the part of the run before it stopped")
+    name = "drift_slope_meV_per_atom_per_ps"
+    drift = check(name, abs(slope) if slope is not None else None, spec, required=required,
+                  note="" if completed else "measured on the part of the run before it stopped")
     stderr = metrics.get("drift_slope_stderr_meV_per_atom_per_ps")
-    spec = criteria.drift_slope_meV_per_atom_per_ps
     if drift.passed is False and stderr is not None and spec.bound is not None and slope is not None \
             and abs(slope) - 2.0 * stderr <= spec.bound:
         # Over a short run the Verlet energy oscillation alone gives an apparent slope: fail only
@@ -198,54 +266,56 @@ def evaluate_trajectory(traj: Trajectory, criteria: Criteria) -> ReplicaResult:
             f"within noise: |slope| {abs(slope):.3g} ± {stderr:.2g} (1σ), not significantly above the bound")})
     elif stderr is not None and slope is not None:
         drift = drift.model_copy(update={"note": (drift.note + "; " if drift.note else "") + f"± {stderr:.2g} (1σ)"})
-    if not completed and len(tf) < MIN_RECORDS_FOR_SLOPE:
+    if not completed and n_records < MIN_RECORDS_FOR_SLOPE:
         # A slope through a handful of points is noise; the completion check already fails.
-        drift = drift.model_copy(update={"passed": None, "note": f"not measured: stopped after {len(tf)} records"})
-    checks.append(drift)
-    name = "max_energy_deviation_meV_per_atom"
-    checks.append(_check(name, metrics.get(name), _MD_UNITS[name], criteria.max_energy_deviation_meV_per_atom,
-                         **at_failure(name)))
-    for name in ("total_drift_percent", "drift_over_kinetic_std"):
-        checks.append(_check(name, metrics.get(name), _MD_UNITS[name], getattr(criteria, name)))
-    stride = max(1, len(t) // 500)
-    series = {
-        "time_ps": [round(float(v), 6) for v in t[::stride]],
-        "e_tot_minus_e0_meV_per_atom": [
-            float(v) for v in ((e[::stride] - e[0]) * 1000.0 / n)] if e.size else [],
-        "temperature_K": [float(v) for v in np.asarray(traj.temperature_K)[::stride]],
-    }
-    return ReplicaResult(replica=traj.replica, steps_done=traj.steps_done, failure=failure,
-                         metrics=metrics, checks=checks, series=series)
+        drift = drift.model_copy(update={"passed": None, "note": f"not measured: stopped after {n_records} records"})
+    return drift
 
 
-def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], steps_asked: int,
-                       n_atoms: int) -> MoleculeResult:
-    """Combine replicas: each check keeps its worst replica; passed = all required pass."""
-    checks = []
-    for k, first in enumerate(replicas[0].checks):
-        group = [r.checks[k] for r in replicas]
+def worst_checks(groups: list[list[CheckResult]]) -> list[CheckResult]:
+    """Combine the same checks of several groups (replicas, molecules): each keeps its worst value,
+    and fails when any group fails it (unmeasured everywhere: ``None``).
+    """
+    out = []
+    for k, first in enumerate(groups[0] if groups else []):
+        group = [g[k] for g in groups if len(g) > k and g[k].name == first.name]
         values = [c.value for c in group if c.value is not None]
         failing = [c for c in group if c.passed is False]
         worst = failing[0] if failing else first
-        if values:
-            value = min(values) if first.comparison == ">=" else max(values)
-        else:
-            value = None
-        checks.append(worst.model_copy(update={"value": value, "passed": (
+        value = (min(values) if first.comparison == ">=" else max(values)) if values else None
+        out.append(worst.model_copy(update={"value": value, "passed": (
             None if all(c.passed is None for c in group) else not failing)}))
+    return out
+
+
+def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], steps_asked: int,
+                       n_atoms: int, stage: str = "nve") -> MoleculeResult:
+    """Combine replicas: each check keeps its worst replica; passed = all required pass.
+
+    Per-check statistics across replicas (mean, std, min, max) go to ``statistics``.
+    """
+    checks = worst_checks([r.checks for r in replicas])
+    statistics: dict[str, dict[str, float]] = {}
+    for c in checks:
+        v = np.asarray([rc.value for r in replicas for rc in r.checks if rc.name == c.name and rc.value is not None],
+                       float)
+        if v.size:
+            statistics[c.name] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+                                  "max": float(v.max()), "n": float(v.size)}
     summary: dict[str, float | None] = {}
     for key in replicas[0].metrics:
         vals = [r.metrics.get(key) for r in replicas if r.metrics.get(key) is not None]
         summary[key] = float(np.mean(vals)) if vals else None
     passed = all(c.passed is not False for c in checks if c.required)
     return MoleculeResult(name=name, formula=formula, n_atoms=n_atoms, steps_asked=steps_asked,
-                          passed=passed, summary=summary, checks=checks, replicas=replicas)
+                          passed=passed, summary=summary, checks=checks, replicas=replicas,
+                          statistics=statistics, stage=stage)
 
 
 def evaluate_accuracy(
     pred_energy_eV: np.ndarray, ref_energy_eV: np.ndarray,
     pred_forces: list[np.ndarray], ref_forces: list[np.ndarray],
-    n_atoms: np.ndarray, names: list[str], criteria: Criteria,
+    n_atoms: np.ndarray, names: list[str], criteria: Any,
     reference_level: str | None, model_level: str | None,
 ) -> AccuracyResult:
     """Accuracy on the reference set: force R²/MAE/RMSE and energy MAE per atom, overall and per
@@ -271,12 +341,9 @@ def evaluate_accuracy(
         m["energy_mae_meV_per_atom"] = float(np.mean(e_err[idx]))
         m["n_frames"] = float(len(idx))
         per_molecule[name] = m
-    checks = [
-        _check("min_force_r2", overall["force_r2"], "", criteria.min_force_r2, lower=True),
-        _check("force_mae_eV_per_A", overall["force_mae_eV_per_A"], "eV/Å", criteria.force_mae_eV_per_A),
-        _check("energy_mae_meV_per_atom", overall["energy_mae_meV_per_atom"], "meV/atom",
-               criteria.energy_mae_meV_per_atom),
-    ]
+    checks = [check(name, overall[key], b) for name, key in (
+        ("min_force_r2", "force_r2"), ("force_mae_eV_per_A", "force_mae_eV_per_A"),
+        ("energy_mae_meV_per_atom", "energy_mae_meV_per_atom")) if (b := enabled(criteria, name)) is not None]
     if not applicable:
         checks = [c.model_copy(update={"passed": None, "note": "not applicable: " + note}) for c in checks]
     return AccuracyResult(applicable=applicable, reference_level_of_theory=reference_level,

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from mdgate.checkspec import CHECKS, DEFAULTS, Stage
 from mdgate.errors import ConfigError
 
 
@@ -50,8 +51,10 @@ class MDSettings(_Strict):
     """MD steps per trajectory (4000 × 0.5 fs = 2 ps, the hand-made report's shortest run)."""
     temperature_K: Annotated[float, Field(gt=0, le=5000)] = 300.0
     """Initial temperature; velocities are rescaled to exactly this (3N−6 degrees of freedom)."""
-    n_replicas: Annotated[int, Field(ge=1, le=256)] = 1
+    n_replicas: Annotated[int, Field(ge=1, le=256)] = 3
     """Independent trajectories per molecule, each with its own velocity seed."""
+    enabled: bool = True
+    """Run the NVE stage."""
     seed: int = 0
     """Base seed for Maxwell–Boltzmann velocities."""
     device: Device = Device.AUTO
@@ -83,36 +86,134 @@ class Bound(_Strict):
     """The limit (``null`` = only report the value)."""
     required: bool = True
     """Required checks decide the verdict; informational ones are only reported."""
+    enabled: bool = True
+    """``false``: the check is not evaluated at all."""
 
 
-def _bound(value: float | None, required: bool = True, desc: str = "") -> Any:
-    return Field(default_factory=lambda: Bound(bound=value, required=required), description=desc)
+def _criteria_model(name: str, stage: Stage, *others: Stage, doc: str, stability: bool = False) -> type[BaseModel]:
+    """A strict criteria model whose fields are the table's checks of ``stage`` (and ``others``),
+    with the table's default bounds (``mdgate.checkspec.DEFAULTS``).
+    """
+    fields: dict[str, Any] = {}
+    if stability:
+        fields["completion"] = (bool, Field(True, description="every trajectory must finish its steps"))
+        fields["finite"] = (bool, Field(True, description="energies, forces, positions stay finite"))
+    for st in (stage, *others):
+        for check, (value, required) in DEFAULTS[st].items():
+            fields[check] = (Bound, Field(
+                default_factory=lambda v=value, r=required: Bound(bound=v, required=r),
+                description=f"{CHECKS[check].label} ({CHECKS[check].comparison} bound, {CHECKS[check].unit})"))
+    model = create_model(name, __base__=_Strict, __doc__=doc, **fields)
+    return model
 
 
-class Criteria(_Strict):
-    """The checks applied to every molecule and replica. Sources are in the README."""
+Criteria = _criteria_model(
+    "Criteria", Stage.NVE, Stage.ACCURACY, stability=True,
+    doc="The NVE stage's checks (every molecule and replica) and the reference-set accuracy checks.")
+StressCriteria = _criteria_model("StressCriteria", Stage.STRESS, stability=True,
+                                 doc="The heat-stress stage's stability checks.")
+SanityCriteria = _criteria_model("SanityCriteria", Stage.SANITY, doc="The sanity checks before MD.")
+OracleCriteria = _criteria_model("OracleCriteria", Stage.ORACLE, doc="Accuracy on the model's own MD frames.")
 
-    completion: bool = True
-    """Every trajectory must finish its steps (required when true)."""
-    finite: bool = True
-    """Energies, forces and positions must stay finite (required when true)."""
-    max_force_eV_per_A: Bound = _bound(25.0, True, "largest force component magnitude")
-    max_temperature_K: Bound = _bound(2000.0, True, "temperature blow-up")
-    max_bond_deviation_A: Bound = _bound(0.5, True, "bond length change from t=0 (Fu et al.)")
-    drift_slope_meV_per_atom_per_ps: Bound = _bound(0.5, True, "|slope| of linear fit of E_tot(t)")
-    max_energy_deviation_meV_per_atom: Bound = _bound(2.0, True, "max |E_tot(t) − E_tot(0)|")
-    total_drift_percent: Bound = _bound(1.0, False, "|E_final − E0| / |E0| (hand-made report)")
-    drift_over_kinetic_std: Bound = _bound(None, False, "|fitted drift| / σ(E_kin)")
-    min_force_r2: Bound = _bound(0.95, True, "force R² on the reference set (hand-made report)")
-    force_mae_eV_per_A: Bound = _bound(None, False, "force MAE on the reference set")
-    energy_mae_meV_per_atom: Bound = _bound(None, False, "energy MAE per atom on the reference")
+
+class SanitySettings(_Strict):
+    """Sanity checks before any MD: invariance, batching, energy–force consistency, relaxation."""
+
+    enabled: bool = True
+    """Run the stage."""
+    required: bool = True
+    """A failing required sanity check rejects the model without running MD."""
+    seed: int = 0
+    """Seed of the random rotations, translations, permutations and directions."""
+    n_rotations: Annotated[int, Field(ge=1, le=32)] = 3
+    """Random rotations (each with a random translation) per molecule."""
+    n_directions: Annotated[int, Field(ge=1, le=64)] = 6
+    """Random directions in configuration space for the finite-difference check."""
+    fd_step_A: Annotated[float, Field(gt=0, le=0.1)] = 0.01
+    """Finite-difference step (central differences) in Å."""
+    relax_fmax_eV_per_A: Annotated[float, Field(gt=0)] = 0.05
+    """Relaxation stops when every force component is below this."""
+    relax_steps: Annotated[int, Field(ge=0)] = 200
+    """Optimizer step budget (0 = no relaxation)."""
+    criteria: SanityCriteria = Field(default_factory=SanityCriteria)  # type: ignore[valid-type]
+
+
+class StressSettings(_Strict):
+    """Heat stress: Langevin NVT (BAOAB) with a temperature ramp, then a hold."""
+
+    enabled: bool = True
+    """Run the stage."""
+    required: bool = True
+    """Informational stage when false (its figures are reported, never decide)."""
+    start_temperature_K: Annotated[float, Field(gt=0, le=5000)] = 300.0
+    """Thermostat target at t = 0 (also the initial velocities' temperature)."""
+    end_temperature_K: Annotated[float, Field(gt=0, le=5000)] = 1000.0
+    """Thermostat target at the end of the ramp, kept during the hold."""
+    ramp_ps: Annotated[float, Field(ge=0)] = 1.5
+    """Duration of the linear ramp."""
+    hold_ps: Annotated[float, Field(ge=0)] = 0.5
+    """Duration of the hold at ``end_temperature_K``."""
+    friction_per_ps: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    """Langevin friction γ (1/ps): 10/ps follows a 1.5 ps ramp within ~0.1 ps."""
+    timestep_fs: Annotated[float, Field(gt=0, le=10)] = 0.5
+    """BAOAB time step in femtoseconds."""
+    n_replicas: Annotated[int, Field(ge=1, le=256)] | None = None
+    """Trajectories per molecule (``null`` = as in ``md.n_replicas``)."""
+    seed: int = 1
+    """Seed of the stage's initial velocities and thermostat noise (its own, not the NVE seed)."""
+    criteria: StressCriteria = Field(default_factory=StressCriteria)  # type: ignore[valid-type]
+
+    @property
+    def n_steps(self) -> int:
+        """Steps of ramp plus hold."""
+        return max(1, round((self.ramp_ps + self.hold_ps) * 1000.0 / self.timestep_fs))
+
+    @property
+    def ramp_steps(self) -> int:
+        """Steps of the ramp."""
+        return round(self.ramp_ps * 1000.0 / self.timestep_fs)
+
+
+class OracleKind(StrEnum):
+    """Who judges the forces on frames of the candidate's own trajectories."""
+
+    XTB = "xtb"
+    PARENT = "parent"
+    ASE = "ase"
+
+
+class OracleSettings(_Strict):
+    """On-trajectory accuracy: frames of the candidate's own MD evaluated by an oracle."""
+
+    enabled: bool = True
+    """Run the stage."""
+    required: bool = True
+    """Informational stage when false."""
+    kind: OracleKind = OracleKind.XTB
+    """``xtb`` (GFN2-xTB through tblite), ``parent`` (the parent model) or ``ase`` (a calculator)."""
+    calculator: str | None = None
+    """For ``ase``: import path ``package.module:Class`` of an ASE calculator."""
+    calculator_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """For ``ase``: keyword arguments of the calculator."""
+    level_of_theory: str | None = None
+    """For ``ase``: what the calculator computes (compared with the model's declared level)."""
+    parent_model: Path | None = None
+    """For ``parent``: the parent model file (the gate fetches the version named by mdgate.parent)."""
+    frames_per_trajectory: Annotated[int, Field(ge=1, le=100)] = 3
+    """Frames taken from each trajectory, evenly spaced over the part it completed."""
+    criteria: OracleCriteria = Field(default_factory=OracleCriteria)  # type: ignore[valid-type]
 
 
 class GateConfig(_Strict):
     """Everything a gate applies: MD settings, criteria and the molecule sets."""
 
     md: MDSettings = Field(default_factory=MDSettings)
-    criteria: Criteria = Field(default_factory=Criteria)
+    """The NVE stage (today's stage)."""
+    criteria: Criteria = Field(default_factory=Criteria)  # type: ignore[valid-type]
+    """The NVE stage's checks and the reference-set accuracy checks."""
+    sanity: SanitySettings = Field(default_factory=SanitySettings)
+    stress: StressSettings = Field(default_factory=StressSettings)
+    oracle: OracleSettings = Field(default_factory=OracleSettings)
     molecules: Path | None = None
     """Validation set (extxyz or ASE db); ``null`` = the packaged default set."""
     reference: Path | None = None

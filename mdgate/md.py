@@ -1,18 +1,19 @@
-"""Batched NVE molecular dynamics: many molecules × replicas advance together, one model call
-per step. Integration state is float64; the model runs in its own dtype.
+"""Batched molecular dynamics: many molecules × replicas (and stages) advance together, one
+model call per step, through one loop (:func:`run_batch`) shared by the NVE stage
+(:func:`run_nve`, velocity Verlet) and the heat-stress stage (:func:`run_stress`, Langevin BAOAB
+with a temperature ramp). Integrators are in :mod:`mdgate.integrators`.
 
-Velocity Verlet (Swope et al. 1982), as in ``ase.md.verlet.VelocityVerlet``::
-
-    v(t+dt/2) = v(t) + dt/2 · F(t)/m
-    x(t+dt)   = x(t) + dt · v(t+dt/2)
-    v(t+dt)   = v(t+dt/2) + dt/2 · F(t+dt)/m
+Every ``record_every`` steps the loop records the observables of each trajectory and applies the
+live failure detectors (non-finite values, force, temperature, temperature jump, bond deviation,
+closest approach, lost H atoms, energy deviation); a trajectory that fails is stopped with the
+step, time and temperature of the failure, the others go on.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from ase import Atoms
 from ase.neighborlist import NeighborList as AseNeighborList
 from ase.neighborlist import natural_cutoffs
 
+from mdgate.checkspec import H_LOSS_DISTANCE_A
+from mdgate.integrators import Langevin, MDState, baoab_step, md_init, verlet_step
 from mdgate.molecules import Molecule
 from mdgate.neighbors import NeighborList
 from mdgate.potentials import Potential
@@ -92,32 +95,45 @@ def maxwell_boltzmann(atoms: Atoms, temperature_K: float, rng: np.random.Generat
 
 @dataclass
 class StopLimits:
-    """Limits at which a trajectory is stopped early (``None`` = not checked live).
+    """Bounds at which a trajectory is stopped early (``None`` = not checked live).
 
-    Non-finite energies, forces or positions always stop a trajectory.
+    Non-finite energies, forces or positions always stop a trajectory. Field names are check
+    names of :mod:`mdgate.checkspec`; ``min_distance_A`` is a lower bound, the others upper bounds.
     """
 
     max_force_eV_per_A: float | None = None
     max_temperature_K: float | None = None
+    max_temperature_excess_K: float | None = None
+    temperature_jump_factor: float | None = None
     max_bond_deviation_A: float | None = None
+    min_distance_A: float | None = None
+    isolated_h_atoms: float | None = None
     max_energy_deviation_meV_per_atom: float | None = None
+
+
+#: The live observables, in the order of the record matrix; the first ``len(StopLimits)`` after
+#: the energies are the checks of :class:`StopLimits`.
+_LIMITS = [f.name for f in fields(StopLimits)]
 
 
 @dataclass
 class Failure:
-    """Why and when a trajectory stopped early."""
+    """Why and when a trajectory stopped early (temperatures in K at that record)."""
 
     check: str
     step: int
     time_ps: float
     value: float
+    temperature_K: float | None = None
+    target_temperature_K: float | None = None
 
 
 @dataclass
 class Trajectory:
     """Recorded observables of one trajectory, every ``record_every`` steps.
 
-    Energies in eV, temperature in K, forces in eV/Å, bond deviation in Å.
+    Energies in eV, temperature in K, forces in eV/Å, distances in Å. ``frames`` are
+    ``(step, positions [n_atoms, 3] Å)`` snapshots for the oracle stage.
     """
 
     molecule: str
@@ -126,13 +142,19 @@ class Trajectory:
     dof: int
     steps_asked: int
     timestep_fs: float
+    stage: str = "nve"
     steps_done: int = 0
     step: list[int] = field(default_factory=list)
     e_pot_eV: list[float] = field(default_factory=list)
     e_kin_eV: list[float] = field(default_factory=list)
     temperature_K: list[float] = field(default_factory=list)
+    target_temperature_K: list[float] = field(default_factory=list)
     max_force_eV_per_A: list[float] = field(default_factory=list)
     max_bond_deviation_A: list[float] = field(default_factory=list)
+    min_distance_A: list[float] = field(default_factory=list)
+    isolated_h_atoms: list[float] = field(default_factory=list)
+    temperature_jump_factor: list[float] = field(default_factory=list)
+    frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     failure: Failure | None = None
 
     @property
@@ -146,197 +168,333 @@ class Trajectory:
         return np.asarray(self.e_pot_eV) + np.asarray(self.e_kin_eV)
 
 
+@dataclass(frozen=True)
+class Ramp:
+    """A Langevin thermostat whose target goes linearly from ``start_K`` to ``end_K`` over
+    ``ramp_steps``, then stays at ``end_K``.
+    """
+
+    start_K: float
+    end_K: float
+    ramp_steps: int
+    friction_per_ps: float
+
+    def target_K(self, step: int) -> float:
+        """The target temperature at ``step``."""
+        if self.ramp_steps <= 0:
+            return self.end_K
+        return self.start_K + (self.end_K - self.start_K) * min(step / self.ramp_steps, 1.0)
+
+
+@dataclass
+class TrajectorySpec:
+    """One trajectory to run: molecule, replica, length, stop limits and thermostat.
+
+    ``ramp`` ``None`` is NVE. ``frame_every`` > 0 keeps a positions snapshot every that many
+    steps (a multiple of the record interval) for the oracle stage.
+    """
+
+    molecule: Molecule
+    replica: int
+    n_steps: int
+    velocities: np.ndarray
+    limits: StopLimits
+    ramp: Ramp | None = None
+    frame_every: int = 0
+
+    @property
+    def stage(self) -> str:
+        """``nve`` or ``stress``."""
+        return "nve" if self.ramp is None else "stress"
+
+
 ProgressFn = Callable[[int, int, list[bool]], None]
 
 
 @dataclass
 class _Batch:
+    """Per-atom and per-system constants of the systems still running."""
+
     numbers: torch.Tensor
-    masses: torch.Tensor
-    system_idx: torch.Tensor
-    orig: torch.Tensor  # original system index of each current system
+    orig: torch.Tensor  # original trajectory index of each current system
     bonds: torch.Tensor  # [n_bonds, 2] atom indices
     bond_sys: torch.Tensor
     r0: torch.Tensor
     dof: torch.Tensor
     n_atoms: torch.Tensor
+    is_h: torch.Tensor
+    limits: torch.Tensor  # [n_systems, n_limits]: +inf (or -inf for lower bounds) = unchecked
+    ramp: torch.Tensor  # [n_systems, 4]: start_K, end_K, ramp_steps, friction_per_fs (0 = NVE)
 
-    @property
-    def n_systems(self) -> int:
-        return int(self.orig.numel())
-
-    def select(self, keep_sys: torch.Tensor) -> tuple[_Batch, torch.Tensor]:
-        """Keep only the systems where ``keep_sys``; returns the batch and the atom mask."""
-        atom_keep = keep_sys[self.system_idx]
+    def select(self, keep_sys: torch.Tensor, system_idx: torch.Tensor) -> tuple[_Batch, torch.Tensor, torch.Tensor]:
+        """Keep only the systems where ``keep_sys``: the batch, the atom mask, the new system index."""
+        atom_keep = keep_sys[system_idx]
         new_sys = torch.cumsum(keep_sys.long(), 0) - 1
         atom_new = torch.cumsum(atom_keep.long(), 0) - 1
         bond_keep = keep_sys[self.bond_sys]
         batch = _Batch(
-            numbers=self.numbers[atom_keep],
-            masses=self.masses[atom_keep],
-            system_idx=new_sys[self.system_idx[atom_keep]],
-            orig=self.orig[keep_sys],
-            bonds=atom_new[self.bonds[bond_keep]],
-            bond_sys=new_sys[self.bond_sys[bond_keep]],
-            r0=self.r0[bond_keep],
-            dof=self.dof[keep_sys],
-            n_atoms=self.n_atoms[keep_sys],
-        )
-        return batch, atom_keep
+            numbers=self.numbers[atom_keep], orig=self.orig[keep_sys], bonds=atom_new[self.bonds[bond_keep]],
+            bond_sys=new_sys[self.bond_sys[bond_keep]], r0=self.r0[bond_keep], dof=self.dof[keep_sys],
+            n_atoms=self.n_atoms[keep_sys], is_h=self.is_h[atom_keep], limits=self.limits[keep_sys],
+            ramp=self.ramp[keep_sys])
+        return batch, atom_keep, new_sys[system_idx[atom_keep]]
 
 
-def _per_system_max(values: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.full((n,), float("-inf"), dtype=values.dtype, device=values.device)
+def _per_system(values: torch.Tensor, idx: torch.Tensor, n: int, how: str, empty: float) -> torch.Tensor:
+    out = torch.full((n,), empty, dtype=values.dtype, device=values.device)
     if values.numel():
-        out.scatter_reduce_(0, idx, values, "amax", include_self=True)
-    return out.clamp(min=0.0)
+        out.scatter_reduce_(0, idx, values, how, include_self=True)
+    return out
 
 
-def run_nve(
-    potential: Potential,
-    molecules: list[Molecule],
-    *,
-    n_replicas: int = 1,
-    n_steps: int,
-    timestep_fs: float,
-    temperature_K: float,
-    seed: int = 0,
-    record_every: int = 10,
-    limits: StopLimits | None = None,
-    neighbor_skin_A: float = 0.0,
-    progress: ProgressFn | None = None,
-    compile_at_step: int | None = None,
-) -> list[Trajectory]:
-    """Run NVE MD for every molecule × replica in one batch.
+def _targets_K(batch: _Batch, step: int) -> torch.Tensor:
+    """Thermostat target per system at ``step`` (0 for NVE systems)."""
+    start, end, n_ramp = batch.ramp[:, 0], batch.ramp[:, 1], batch.ramp[:, 2]
+    frac = torch.where(n_ramp > 0, (step / n_ramp.clamp(min=1)).clamp(max=1.0), torch.ones_like(n_ramp))
+    return torch.where(batch.ramp[:, 3] > 0, start + (end - start) * frac, torch.zeros_like(start))
 
-    With ``compile_at_step``, the potential's ``request_compile()`` is called before that step
-    (when it has one and a trajectory still runs).
 
-    A trajectory stops early when its positions, energy or forces become non-finite, or when
-    it crosses one of ``limits`` (checked every ``record_every`` steps); the others go on.
-
-    Returns:
-        One :class:`Trajectory` per molecule and replica, molecule-major.
+def _observe(state: MDState, batch: _Batch, pairs: tuple[torch.Tensor, torch.Tensor], e0: torch.Tensor | None,
+             t_prev: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+    """The record matrix ``[n_systems, 5 + n_limits]``: e_pot, e_kin, T, target T, then the
+    values of the :class:`StopLimits` checks, then finite (1/0). ``e0``/``t_prev`` ``None``: the
+    first record (deviation 0, jump factor 1).
     """
-    limits = limits or StopLimits()
-    device = potential.device
-    trajs: list[Trajectory] = []
-    pos, vel, numbers, masses, sysi, bonds, bond_sys, r0, dofs, natoms = ([] for _ in range(10))
+    x, v, f, sysi = state.positions, state.velocities, state.forces, state.system_idx
+    S, f64 = batch.orig.numel(), x.dtype
+    ekin = torch.zeros(S, dtype=f64, device=x.device).index_add_(0, sysi, 0.5 * state.masses * (v * v).sum(1))
+    temp = 2.0 * ekin / (batch.dof.clamp(min=1) * KB_EV_PER_K)
+    fmax = _per_system(f.abs().amax(1), sysi, S, "amax", 0.0)
+    bdev = torch.zeros(S, dtype=f64, device=x.device)
+    if batch.bonds.numel():
+        d = (x[batch.bonds[:, 0]] - x[batch.bonds[:, 1]]).norm(dim=1)
+        bdev = _per_system((d - batch.r0).abs(), batch.bond_sys, S, "amax", 0.0)
+    i, j = pairs
+    dij = (x[i] - x[j]).norm(dim=1)
+    nearest = _per_system(dij, i, x.shape[0], "amin", float("inf"))  # per atom; inf = no atom in range
+    dmin = _per_system(nearest, sysi, S, "amin", float("inf"))
+    lost_h = torch.zeros(S, dtype=f64, device=x.device).index_add_(
+        0, sysi, (batch.is_h & ~(nearest <= H_LOSS_DISTANCE_A)).to(f64))
+    jump = temp / (temp if t_prev is None else t_prev).clamp(min=1.0)
+    etot = state.energy + ekin
+    edev = (etot - (etot if e0 is None else e0)).abs() / batch.n_atoms * 1000.0
+    finite = torch.zeros(S, dtype=torch.long, device=x.device).index_add_(
+        0, sysi, (~(torch.isfinite(x).all(1) & torch.isfinite(f).all(1) & torch.isfinite(v).all(1))).long())
+    finite = (finite == 0) & torch.isfinite(state.energy)
+    values = {"max_force_eV_per_A": fmax, "max_temperature_K": temp, "max_temperature_excess_K": temp - target,
+              "temperature_jump_factor": jump, "max_bond_deviation_A": bdev, "min_distance_A": dmin,
+              "isolated_h_atoms": lost_h, "max_energy_deviation_meV_per_atom": edev}
+    return torch.stack([state.energy, ekin, temp, target, *(values[k] for k in _LIMITS), finite.to(f64)], 1)
+
+
+def _setup(specs: list[TrajectorySpec], device: torch.device) -> tuple[_Batch, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate the trajectories: the batch constants, positions, velocities, masses."""
+    pos, vel, masses, numbers, bonds, bond_sys, r0, dofs, natoms, limits, ramps = ([] for _ in range(11))
     offset = 0
-    for mol in molecules:
-        mol_bonds = find_bonds(mol.atoms)
-        dof = degrees_of_freedom(mol.atoms)
-        for r in range(n_replicas):
-            s = len(trajs)
-            rng = np.random.default_rng(replica_seed(seed, mol.name, r))
-            trajs.append(Trajectory(mol.name, r, len(mol.atoms), dof, n_steps, timestep_fs))
-            pos.append(mol.atoms.positions)
-            vel.append(maxwell_boltzmann(mol.atoms, temperature_K, rng))
-            numbers.append(mol.atoms.numbers)
-            masses.append(mol.atoms.get_masses())
-            sysi.append(np.full(len(mol.atoms), s))
-            bonds.append(mol_bonds + offset)
-            bond_sys.append(np.full(len(mol_bonds), s))
-            p = mol.atoms.positions
-            r0.append(np.linalg.norm(p[mol_bonds[:, 0]] - p[mol_bonds[:, 1]], axis=1))
-            dofs.append(dof)
-            natoms.append(len(mol.atoms))
-            offset += len(mol.atoms)
+    bonds_of: dict[int, np.ndarray] = {}
+    for s, sp in enumerate(specs):
+        atoms = sp.molecule.atoms
+        mol_bonds = bonds_of.setdefault(id(sp.molecule), find_bonds(atoms))
+        pos.append(atoms.positions)
+        vel.append(sp.velocities)
+        masses.append(atoms.get_masses())
+        numbers.append(atoms.numbers)
+        bonds.append(mol_bonds + offset)
+        bond_sys.append(np.full(len(mol_bonds), s))
+        p = atoms.positions
+        r0.append(np.linalg.norm(p[mol_bonds[:, 0]] - p[mol_bonds[:, 1]], axis=1))
+        # Langevin thermalises all 3N momenta (centre of mass and rotation too); NVE keeps 3N − 6.
+        dofs.append(degrees_of_freedom(atoms) if sp.ramp is None else 3 * len(atoms))
+        natoms.append(len(atoms))
+        lim = [getattr(sp.limits, k) for k in _LIMITS]
+        limits.append([(-np.inf if k == "min_distance_A" else np.inf) if b is None else b
+                       for k, b in zip(_LIMITS, lim, strict=True)])
+        r = sp.ramp
+        ramps.append([r.start_K, r.end_K, r.ramp_steps, r.friction_per_ps / 1000.0] if r else [0, 0, 0, 0])
+        offset += len(atoms)
 
     def t(x: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.concatenate(x) if isinstance(x[0], np.ndarray) else np.array(x),
                                dtype=dtype, device=device)
 
-    f64, long = torch.float64, torch.long
-    x = t(pos, f64)
-    v = t(vel, f64)
-    batch = _Batch(
-        numbers=t(numbers, long), masses=t(masses, f64), system_idx=t(sysi, long),
-        orig=torch.arange(len(trajs), device=device),
-        bonds=t(bonds, long).reshape(-1, 2), bond_sys=t(bond_sys, long), r0=t(r0, f64),
-        dof=t(dofs, f64), n_atoms=t(natoms, f64),
-    )
-    nl = NeighborList(batch.system_idx, potential.cutoff_A, neighbor_skin_A)
-    dt = timestep_fs * FS
+    f64 = torch.float64
+    num = t(numbers, torch.long)
+    batch = _Batch(numbers=num, orig=torch.arange(len(specs), device=device),
+                   bonds=t(bonds, torch.long).reshape(-1, 2), bond_sys=t(bond_sys, torch.long), r0=t(r0, f64),
+                   dof=t(dofs, f64), n_atoms=t(natoms, f64), is_h=num == 1, limits=t(limits, f64),
+                   ramp=t(ramps, f64))
+    return batch, np.concatenate(pos), np.concatenate(vel), np.concatenate(masses)
+
+
+def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs: float, record_every: int = 10,
+              neighbor_skin_A: float = 0.0, seed: int = 0, progress: ProgressFn | None = None,
+              compile_at_step: int | None = None) -> list[Trajectory]:
+    """Run every trajectory of ``specs`` in one batch, one model call per step.
+
+    NVE trajectories use velocity Verlet; with any thermostatted trajectory the batch uses BAOAB,
+    which is velocity Verlet for the NVE ones (γ = 0). ``seed`` seeds the thermostat noise.
+    With ``compile_at_step`` the potential's ``request_compile()`` is called before that step.
+
+    Returns:
+        One :class:`Trajectory` per spec, in order.
+    """
+    dev, n_max = potential.device, max(sp.n_steps for sp in specs)
+    trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), 0, sp.n_steps, timestep_fs,
+                        sp.stage) for sp in specs]
+    batch, pos, vel, masses = _setup(specs, dev)
+    for tr, dof in zip(trajs, batch.dof.tolist(), strict=True):
+        tr.dof = int(dof)
+    f64 = torch.float64
+    sysi = torch.as_tensor(np.repeat(np.arange(len(specs)), batch.n_atoms.long().cpu().numpy()), device=dev)
+    nl = NeighborList(sysi, potential.cutoff_A, neighbor_skin_A)
 
     def forces(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i, j = nl.update(x)
-        return potential(batch.numbers, x, batch.system_idx, batch.n_systems, i, j)
+        return potential(batch.numbers, x, nl.system_idx, batch.orig.numel(), i, j)
 
-    e_pot, f = forces(x)
+    state = md_init(torch.as_tensor(pos, dtype=f64, device=dev), torch.as_tensor(vel, dtype=f64, device=dev),
+                    torch.as_tensor(masses, dtype=f64, device=dev), sysi, forces)
+    thermo = bool((batch.ramp[:, 3] > 0).any())
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    langevin = Langevin.create(batch.ramp[:, 3][sysi], state.masses, timestep_fs, gen) if thermo else None
+    dt = timestep_fs * FS
     e0: torch.Tensor | None = None
-    active = [True] * len(trajs)
-    half_dt_inv_m = 0.5 * dt / batch.masses[:, None]
-    for step in range(0, n_steps + 1):
+    t_prev: torch.Tensor | None = None
+    last_steps = {sp.n_steps for sp in specs}
+    active = [True] * len(specs)
+    for step in range(n_max + 1):
         if step > 0:
             if step == compile_at_step and hasattr(potential, "request_compile"):
                 potential.request_compile()
-            v = v + half_dt_inv_m * f
-            x = x + dt * v
-            e_pot, f = forces(x)
-            v = v + half_dt_inv_m * f
-        if step % record_every and step != n_steps:
-            continue
-        # Record: one device→host transfer per record step.
-        S = batch.n_systems
-        ekin = torch.zeros(S, dtype=f64, device=device).index_add_(
-            0, batch.system_idx, 0.5 * batch.masses * (v * v).sum(1))
-        temp = 2.0 * ekin / (batch.dof.clamp(min=1) * KB_EV_PER_K)
-        fmax = _per_system_max(f.abs().amax(1), batch.system_idx, S)
-        if batch.bonds.numel():
-            d = (x[batch.bonds[:, 0]] - x[batch.bonds[:, 1]]).norm(dim=1)
-            bdev = _per_system_max((d - batch.r0).abs(), batch.bond_sys, S)
-        else:
-            bdev = torch.zeros(S, dtype=f64, device=device)
-        finite_atom = torch.isfinite(x).all(1) & torch.isfinite(f).all(1) & torch.isfinite(v).all(1)
-        n_bad = torch.zeros(S, dtype=torch.long, device=device).index_add_(
-            0, batch.system_idx, (~finite_atom).long())
-        finite = n_bad == 0
-        finite &= torch.isfinite(e_pot)
-        etot = e_pot + ekin
-        if e0 is None:
-            e0 = etot.clone()
-        edev = (etot - e0).abs() / batch.n_atoms * 1000.0
-        rows = torch.stack([e_pot, ekin, temp, fmax, bdev, edev, finite.to(f64)], 1).cpu().numpy()
-        keep = np.ones(S, dtype=bool)
-        orig = batch.orig.cpu().numpy()
-        for k, s in enumerate(orig):
-            tr = trajs[s]
-            ep, ek, tk, fm, bd, ed, fin = rows[k]
-            tr.step.append(step)
-            tr.e_pot_eV.append(float(ep))
-            tr.e_kin_eV.append(float(ek))
-            tr.temperature_K.append(float(tk))
-            tr.max_force_eV_per_A.append(float(fm))
-            tr.max_bond_deviation_A.append(float(bd))
-            tr.steps_done = step
-            failure = None
-            if not fin:
-                failure = ("finite", float("nan"))
+            if langevin is None:
+                state = verlet_step(state, forces, dt)
             else:
-                for name, value, bound in (
-                    ("max_force_eV_per_A", fm, limits.max_force_eV_per_A),
-                    ("max_temperature_K", tk, limits.max_temperature_K),
-                    ("max_bond_deviation_A", bd, limits.max_bond_deviation_A),
-                    ("max_energy_deviation_meV_per_atom", ed, limits.max_energy_deviation_meV_per_atom),
-                ):
-                    if bound is not None and value > bound:
-                        failure = (name, float(value))
-                        break
-            if failure is not None:
-                tr.failure = Failure(failure[0], step, step * timestep_fs * 1e-3, failure[1])
-                keep[k] = False
-                active[s] = False
+                state = baoab_step(state, forces, dt, langevin, _targets_K(batch, step)[state.system_idx])
+        if step % record_every and step not in last_steps:
+            continue
+        rows = _observe(state, batch, nl.update(state.positions), e0, t_prev, _targets_K(batch, step))
+        keep = _record(rows, state, batch, step, specs, trajs, active)
+        if e0 is None:
+            e0 = rows[:, 0] + rows[:, 1]
+        t_prev = rows[:, 2]
         if progress is not None:
-            progress(step, n_steps, list(active))
+            progress(step, n_max, list(active))
         if not keep.all():
             if not keep.any():
                 break
-            keep_t = torch.as_tensor(keep, device=device)
-            batch, atom_keep = batch.select(keep_t)
-            x, v, f = x[atom_keep], v[atom_keep], f[atom_keep]
-            half_dt_inv_m = half_dt_inv_m[atom_keep]
-            e0, e_pot = e0[keep_t], e_pot[keep_t]
+            keep_t = torch.as_tensor(keep, device=dev)
+            batch, atom_keep, new_sysi = batch.select(keep_t, state.system_idx)
+            state = state.select(atom_keep, keep_t, new_sysi)
+            langevin = langevin.select(atom_keep) if langevin is not None else None
+            e0, t_prev = e0[keep_t], t_prev[keep_t]
             # Molecules do not interact: the survivors' forces stay valid, only pairs change.
-            nl = NeighborList(batch.system_idx, potential.cutoff_A, neighbor_skin_A)
+            nl = NeighborList(new_sysi, potential.cutoff_A, neighbor_skin_A)
     return trajs
+
+
+def _record(rows: torch.Tensor, state: MDState, batch: _Batch, step: int, specs: list[TrajectorySpec],
+            trajs: list[Trajectory], active: list[bool]) -> np.ndarray:
+    """Append the record ``rows`` to each running trajectory and apply the live detectors;
+    return which trajectories go on (a failed or finished one stops).
+    """
+    # One device→host transfer per record step.
+    rows_np, limits_np = rows.cpu().numpy(), batch.limits.cpu().numpy()
+    orig = batch.orig.cpu().numpy()
+    keep = np.ones(len(orig), dtype=bool)
+    snap = None
+    for k, s in enumerate(orig):
+        tr, sp = trajs[s], specs[s]
+        ep, ek, tk, tt = rows_np[k, :4]
+        vals = rows_np[k, 4:-1]
+        tr.step.append(step)
+        tr.e_pot_eV.append(float(ep))
+        tr.e_kin_eV.append(float(ek))
+        tr.temperature_K.append(float(tk))
+        tr.target_temperature_K.append(float(tt))
+        for name in ("max_force_eV_per_A", "max_bond_deviation_A", "min_distance_A", "isolated_h_atoms",
+                     "temperature_jump_factor"):
+            getattr(tr, name).append(float(vals[_LIMITS.index(name)]))
+        tr.steps_done = step
+        failure = None
+        if not rows_np[k, -1]:
+            failure = ("finite", float("nan"))
+        else:
+            for name, value, bound in zip(_LIMITS, vals, limits_np[k], strict=True):
+                if (value < bound) if name == "min_distance_A" else (value > bound):
+                    failure = (name, float(value))
+                    break
+        if failure is not None:
+            tr.failure = Failure(failure[0], step, step * tr.timestep_fs * 1e-3, failure[1], float(tk),
+                                 float(tt) if sp.ramp is not None else None)
+        elif sp.frame_every and step and step % sp.frame_every == 0:
+            if snap is None:
+                snap = state.positions.detach().cpu().numpy()
+            idx = (state.system_idx == k).nonzero().flatten().cpu().numpy()
+            tr.frames.append((step, snap[idx].copy()))
+        if failure is not None or step >= sp.n_steps:
+            keep[k] = False
+            active[s] = False
+    return keep
+
+
+def _stop_limits(limits: StopLimits | None) -> StopLimits:
+    return limits if limits is not None else StopLimits()
+
+
+def run_nve(
+    potential: Potential, molecules: list[Molecule], *, n_replicas: int = 1, n_steps: int, timestep_fs: float,
+    temperature_K: float, seed: int = 0, record_every: int = 10, limits: StopLimits | None = None,
+    neighbor_skin_A: float = 0.0, progress: ProgressFn | None = None, compile_at_step: int | None = None,
+    frame_every: int = 0,
+) -> list[Trajectory]:
+    """NVE MD (velocity Verlet) of every molecule × replica in one batch.
+
+    Velocities are Maxwell–Boltzmann at exactly ``temperature_K`` with a seed per (``seed``,
+    molecule, replica). A trajectory stops early when its positions, energy or forces become
+    non-finite, or when it crosses one of ``limits`` (checked every ``record_every`` steps).
+
+    Returns:
+        One :class:`Trajectory` per molecule and replica, molecule-major.
+    """
+    specs = nve_specs(molecules, n_replicas=n_replicas, n_steps=n_steps, temperature_K=temperature_K, seed=seed,
+                      limits=limits, frame_every=frame_every)
+    return run_batch(potential, specs, timestep_fs=timestep_fs, record_every=record_every,
+                     neighbor_skin_A=neighbor_skin_A, progress=progress, compile_at_step=compile_at_step)
+
+
+def nve_specs(molecules: list[Molecule], *, n_replicas: int, n_steps: int, temperature_K: float, seed: int,
+              limits: StopLimits | None = None, frame_every: int = 0) -> list[TrajectorySpec]:
+    """The NVE trajectories of ``molecules`` × ``n_replicas``, molecule-major."""
+    return [TrajectorySpec(mol, r, n_steps, maxwell_boltzmann(
+                mol.atoms, temperature_K, np.random.default_rng(replica_seed(seed, mol.name, r))),
+                _stop_limits(limits), None, frame_every)
+            for mol in molecules for r in range(n_replicas)]
+
+
+def stress_specs(molecules: list[Molecule], *, n_replicas: int, ramp: Ramp, n_steps: int, seed: int,
+                 limits: StopLimits | None = None, frame_every: int = 0) -> list[TrajectorySpec]:
+    """The heat-stress trajectories: velocities at ``ramp.start_K`` from the stage's own seed."""
+    return [TrajectorySpec(mol, r, n_steps, maxwell_boltzmann(
+                mol.atoms, ramp.start_K, np.random.default_rng(replica_seed(seed, mol.name, r))),
+                _stop_limits(limits), ramp, frame_every)
+            for mol in molecules for r in range(n_replicas)]
+
+
+def run_stress(
+    potential: Potential, molecules: list[Molecule], *, n_replicas: int = 1, ramp: Ramp, n_steps: int,
+    timestep_fs: float, seed: int = 1, record_every: int = 10, limits: StopLimits | None = None,
+    neighbor_skin_A: float = 0.0, progress: ProgressFn | None = None, frame_every: int = 0,
+) -> list[Trajectory]:
+    """Langevin NVT (BAOAB) with a temperature ramp, every molecule × replica in one batch.
+
+    The thermostat noise is seeded by ``seed`` too. Each trajectory runs ``n_steps`` unless a
+    detector stops it; its :class:`Failure` gives the time to failure and the temperature reached.
+
+    Returns:
+        One :class:`Trajectory` per molecule and replica, molecule-major.
+    """
+    specs = stress_specs(molecules, n_replicas=n_replicas, ramp=ramp, n_steps=n_steps, seed=seed, limits=limits,
+                         frame_every=frame_every)
+    return run_batch(potential, specs, timestep_fs=timestep_fs, record_every=record_every,
+                     neighbor_skin_A=neighbor_skin_A, seed=seed, progress=progress)

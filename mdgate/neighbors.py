@@ -47,6 +47,7 @@ class NeighborList:
     """
 
     def __init__(self, system_idx: torch.Tensor, cutoff_A: float | None, skin_A: float = 1.0):
+        self.system_idx = system_idx
         self.cand_i, self.cand_j = all_pairs(system_idx)
         self.cutoff_A = cutoff_A
         self.skin_A = skin_A

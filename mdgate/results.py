@@ -36,12 +36,14 @@ class CheckResult(BaseModel):
 
 
 class FailureInfo(BaseModel):
-    """Where a trajectory stopped early."""
+    """Where a trajectory stopped early: the time to failure and the temperature reached."""
 
     check: str
     step: int
     time_ps: float
     value: float | None
+    temperature_K: float | None = None
+    target_temperature_K: float | None = None
 
 
 class ReplicaResult(BaseModel):
@@ -68,6 +70,9 @@ class MoleculeResult(BaseModel):
     checks: list[CheckResult]
     replicas: list[ReplicaResult]
     plot: str | None = None
+    statistics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per check across replicas: ``mean``, ``std``, ``min``, ``max`` of the measured values."""
+    stage: str = "nve"
 
 
 class AccuracyResult(BaseModel):
@@ -114,6 +119,68 @@ class Timing(BaseModel):
     atom_steps_per_s: float | None = None
     model_call: str = "eager"
     """``compiled`` when the model ran through ``torch.compile``, else why it ran eagerly."""
+    sanity_s: float = 0.0
+    stress_s: float = 0.0
+    oracle_s: float = 0.0
+
+
+class FailedCheck(BaseModel):
+    """A required check that failed, as a record (the verdict's reason is built from these)."""
+
+    stage: str
+    where: str
+    """Molecule name, or ``all`` for a check over the whole set (accuracy)."""
+    check: str
+    value: float | None
+    unit: str
+    bound: float | None
+    comparison: str
+    n_failed: int = 1
+    n_total: int = 1
+    time_ps: float | None = None
+    temperature_K: float | None = None
+
+    def line(self) -> str:
+        """The one-line form (``failed_checks`` of ``results.json``)."""
+        where = {"nve": self.where, "accuracy": "accuracy"}.get(self.stage, f"{self.stage}/{self.where}")
+        at = f" at {self.time_ps:.3f} ps" if self.time_ps is not None else ""
+        if self.temperature_K is not None:
+            at += f", {self.temperature_K:.0f} K"
+        md_stage = self.n_total > 1 or self.stage in ("nve", "stress")
+        reps = f"; {self.n_failed}/{self.n_total} replicas" if md_stage else ""
+        return (f"{where}: {self.check} = {_fmt(self.value)} {self.unit}".rstrip()
+                + f" (bound {self.comparison} {_fmt(self.bound)}{reps}{at})")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or x != x or x in (float("inf"), float("-inf")):
+        return "n/a"
+    if x == 0 or 1e-3 <= abs(x) < 1e5:
+        return f"{x:.4g}"
+    return f"{x:.3e}"
+
+
+class StageResult(BaseModel):
+    """One stage of the protocol: whether it ran, its checks, figures and time."""
+
+    stage: str
+    ran: bool
+    required: bool
+    passed: bool | None = None
+    """``None``: did not run, or has no required check."""
+    seconds: float = 0.0
+    note: str = ""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    checks: list[CheckResult] = Field(default_factory=list)
+    """Each check's worst value over the molecules."""
+    molecules: list[MoleculeResult] = Field(default_factory=list)
+    """MD stages other than NVE (NVE's are ``ValidationResult.molecules``)."""
+    per_molecule: dict[str, dict[str, float | None]] = Field(default_factory=dict)
+    """Sanity and oracle figures per molecule (oracle: also per stage, ``stage:nve``, and ``all``)."""
+    molecule_checks: dict[str, list[CheckResult]] = Field(default_factory=dict)
+    """Sanity: the checks of each molecule."""
+    oracle: str | None = None
+    """Oracle stage: who judged the forces."""
 
 
 class ValidationResult(BaseModel):
@@ -126,6 +193,12 @@ class ValidationResult(BaseModel):
     molecules: list[MoleculeResult] = Field(default_factory=list)
     accuracy: AccuracyResult | None = None
     failed_checks: list[str] = Field(default_factory=list)
+    failures: list[FailedCheck] = Field(default_factory=list)
+    """The failed required checks as records, deciding one first."""
+    decided_by: str | None = None
+    """``stage/check`` that decided a rejection (the first failure in protocol order)."""
+    stages: dict[str, StageResult] = Field(default_factory=dict)
+    """Every stage of the protocol (``sanity``, ``nve``, ``accuracy``, ``stress``, ``oracle``)."""
     timing: Timing = Field(default_factory=Timing)
     created_at: str = ""
     mdgate_version: str = ""

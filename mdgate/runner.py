@@ -1,7 +1,9 @@
-"""The validation pipeline: load → MD → checks → accuracy → verdict → report.
+"""The validation pipeline: load → sanity → MD (NVE and heat stress) → accuracy → oracle →
+verdict → report.
 
-Each step is a function of its own so that the gate flow can run them as separate tasks
-(one MD task per molecule); :func:`validate` chains them for ``mdgate validate``.
+:func:`run_pipeline` is the one pipeline: ``mdgate validate`` (:func:`validate`) and the gate flow
+both call it; the flow only plugs in its own way of mapping MD over molecules (one Prefect task
+per molecule) and of running each stage (as a Prefect task).
 """
 
 from __future__ import annotations
@@ -10,26 +12,33 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from mdgate import __version__
-from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule
-from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig
+from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule, worst_checks
+from mdgate.checkspec import Stage
+from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
-from mdgate.md import StopLimits, run_nve
+from mdgate.md import Ramp, StopLimits, Trajectory, nve_specs, run_batch, stress_specs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
 from mdgate.neighbors import all_pairs
+from mdgate.oracle import Frame, evaluate_oracle, make_oracle, pick_frames
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
+from mdgate.predict import predict_atoms
 from mdgate.results import (
     AccuracyResult,
+    CheckResult,
+    FailedCheck,
     ModelInfo,
     MoleculeResult,
+    StageResult,
     Timing,
     ValidationResult,
     Verdict,
@@ -101,21 +110,25 @@ def check_potential(potential: SchnetpackPotential, molecules: list[Molecule]) -
         ) from e
 
 
-def md_limits(config: GateConfig) -> StopLimits:
-    """Live stop limits from the required criteria (fail-fast), or none when it is off."""
-    c, md = config.criteria, config.md
-    if not md.fail_fast:
+def md_limits(config: GateConfig, stage: Stage = Stage.NVE) -> StopLimits:
+    """Live stop limits from a stage's required criteria (fail-fast), or none when it is off.
+
+    Every check the table marks ``stops_md`` stops a trajectory at its bound; the NVE energy
+    deviation at ``fail_fast_margin`` × its bound.
+    """
+    from mdgate.checkspec import CHECKS
+
+    md = config.md
+    criteria = config.criteria if stage == Stage.NVE else config.stress.criteria
+    required = True if stage == Stage.NVE else config.stress.required
+    if not md.fail_fast or not required:
         return StopLimits()
-
-    def req(b: object, scale: float = 1.0) -> float | None:
-        return b.bound * scale if b.required and b.bound is not None else None  # type: ignore[attr-defined]
-
-    return StopLimits(
-        max_force_eV_per_A=req(c.max_force_eV_per_A),
-        max_temperature_K=req(c.max_temperature_K),
-        max_bond_deviation_A=req(c.max_bond_deviation_A),
-        max_energy_deviation_meV_per_atom=req(c.max_energy_deviation_meV_per_atom, md.fail_fast_margin),
-    )
+    limits: dict[str, float] = {}
+    for name in StopLimits.__dataclass_fields__:
+        b = getattr(criteria, name, None)
+        if b is not None and CHECKS[name].stops_md and b.enabled and b.required and b.bound is not None:
+            limits[name] = b.bound * (md.fail_fast_margin if name == "max_energy_deviation_meV_per_atom" else 1.0)
+    return StopLimits(**limits)
 
 
 #: With ``compile: auto`` the model is compiled after this many steps, if any trajectory still
@@ -134,91 +147,230 @@ def compile_step(molecules: list[Molecule], config: GateConfig) -> int | None:
     return None
 
 
-def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig,
-           progress: ProgressFn | None = None) -> list[MoleculeResult]:
-    """Run NVE MD for ``molecules`` (all replicas in one batch) and apply the MD checks.
+@dataclass
+class MoleculeRun:
+    """The MD stages of one molecule: NVE and stress results, and frames for the oracle."""
 
-    A model that raises during MD is an input error (:class:`ModelInterfaceError`); a model
-    that produces non-finite values fails the ``finite`` check instead.
+    nve: MoleculeResult | None
+    stress: MoleculeResult | None
+    frames: list[Frame] = field(default_factory=list)
+
+
+#: Snapshots kept per trajectory for the oracle to choose from.
+SNAPSHOTS_PER_TRAJECTORY = 10
+
+
+def _frame_every(n_steps: int, record_every: int, config: GateConfig) -> int:
+    if not config.oracle.enabled:
+        return 0
+    return record_every * max(1, n_steps // (SNAPSHOTS_PER_TRAJECTORY * record_every))
+
+
+def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig,
+           progress: ProgressFn | None = None) -> list[MoleculeRun]:
+    """Run the MD stages (NVE, heat stress) for ``molecules`` and apply their checks.
+
+    Both stages advance in one batch (one model call per step) when their time steps agree;
+    every replica of every molecule is batched too. A model that raises during MD is an input
+    error (:class:`ModelInterfaceError`); a model that produces non-finite values fails the
+    ``finite`` check instead.
     """
+    md, st = config.md, config.stress
+    n_st = st.n_replicas or md.n_replicas
+    specs = []
+    if md.enabled:
+        specs += nve_specs(molecules, n_replicas=md.n_replicas, n_steps=md.n_steps, temperature_K=md.temperature_K,
+                           seed=md.seed, limits=md_limits(config),
+                           frame_every=_frame_every(md.n_steps, md.record_every, config))
+    if st.enabled:
+        ramp = Ramp(st.start_temperature_K, st.end_temperature_K, st.ramp_steps, st.friction_per_ps)
+        specs += stress_specs(molecules, n_replicas=n_st, ramp=ramp, n_steps=st.n_steps, seed=st.seed,
+                              limits=md_limits(config, Stage.STRESS),
+                              frame_every=_frame_every(st.n_steps, md.record_every, config))
+    if not specs:
+        return [MoleculeRun(None, None) for _ in molecules]
+    trajs = _run_specs(potential, specs, molecules, config, progress)
+    runs = []
+    for mol in molecules:
+        mine = [t for t in trajs if t.molecule == mol.name]
+        nve = [t for t in mine if t.stage == "nve"]
+        stress = [t for t in mine if t.stage == "stress"]
+        frames = [(t.stage, mol.name, mol.atoms.numbers, x) for t in mine
+                  for _, x in pick_frames(t.frames, config.oracle.frames_per_trajectory)]
+        runs.append(MoleculeRun(
+            _summarize(mol, nve, config.criteria, True, md.n_steps, "nve") if nve else None,
+            _summarize(mol, stress, st.criteria, st.required, st.n_steps, "stress") if stress else None,
+            frames))
+    return runs
+
+
+def _summarize(mol: Molecule, trajs: list[Trajectory], criteria: Any, required: bool, n_steps: int,
+               stage: str) -> MoleculeResult:
+    reps = [evaluate_trajectory(t, criteria, required) for t in trajs]
+    return summarize_molecule(mol.name, mol.formula, reps, n_steps, len(mol.atoms), stage)
+
+
+def _run_specs(potential: SchnetpackPotential, specs: list, molecules: list[Molecule], config: GateConfig,
+               progress: ProgressFn | None) -> list[Trajectory]:
     md = config.md
-    names = [m.name for m in molecules]
+    names = [sp.molecule.name for sp in specs]
 
     def on_progress(step: int, n_steps: int, active: list[bool]) -> None:
         if progress is None:
             return
-        for k, name in enumerate(names):
-            running = any(active[k * md.n_replicas:(k + 1) * md.n_replicas])
-            progress(name, step, n_steps, running)
+        for name in dict.fromkeys(names):
+            progress(name, step, n_steps, any(a for a, n in zip(active, names, strict=True) if n == name))
 
+    same_dt = abs(config.stress.timestep_fs - md.timestep_fs) < 1e-12
+    groups = [specs] if same_dt else [[s for s in specs if s.ramp is None], [s for s in specs if s.ramp is not None]]
+    trajs: list[Trajectory] = []
     try:
-        trajs = run_nve(
-            potential, molecules, n_replicas=md.n_replicas, n_steps=md.n_steps,
-            timestep_fs=md.timestep_fs, temperature_K=md.temperature_K, seed=md.seed,
-            record_every=md.record_every, limits=md_limits(config),
-            neighbor_skin_A=md.neighbor_skin_A, progress=on_progress,
-            compile_at_step=compile_step(molecules, config),
-        )
+        for group in [g for g in groups if g]:
+            dt = md.timestep_fs if group[0].ramp is None else config.stress.timestep_fs
+            trajs += run_batch(potential, group, timestep_fs=dt, record_every=md.record_every,
+                               neighbor_skin_A=md.neighbor_skin_A, seed=config.stress.seed, progress=on_progress,
+                               compile_at_step=compile_step(molecules, config))
     except MdgateError:
         raise
     except Exception as e:
         reason = (str(e).splitlines() or [""])[0][:200]
         raise ModelInterfaceError(f"model raised during MD ({type(e).__name__}: {reason})") from e
-    results = []
-    for k, mol in enumerate(molecules):
-        reps = [evaluate_trajectory(t, config.criteria) for t in trajs[k * md.n_replicas:(k + 1) * md.n_replicas]]
-        results.append(summarize_molecule(mol.name, mol.formula, reps, md.n_steps, len(mol.atoms)))
-    return results
+    return trajs
 
 
 def run_accuracy(potential: SchnetpackPotential, reference: ReferenceSet, config: GateConfig,
                  model_level: str | None, batch_size: int = 32) -> AccuracyResult:
     """Predict the reference set in batches and compare with its energies and forces."""
-    frames = reference.frames
-    pred_e, pred_f = [], []
-    dev = potential.device
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start:start + batch_size]
-        numbers = torch.as_tensor(np.concatenate([a.numbers for a in chunk]), device=dev)
-        pos = torch.as_tensor(np.concatenate([a.positions for a in chunk]), device=dev)
-        sys_idx = torch.as_tensor(np.repeat(np.arange(len(chunk)), [len(a) for a in chunk]), device=dev)
-        i, j = all_pairs(sys_idx)
-        if potential.cutoff_A is not None:
-            keep = (pos[i] - pos[j]).norm(dim=1) < potential.cutoff_A
-            i, j = i[keep], j[keep]
-        e, f = potential(numbers, pos, sys_idx, len(chunk), i, j)
-        pred_e.append(e.cpu().numpy())
-        f = f.cpu().numpy()
-        offsets = np.cumsum([0] + [len(a) for a in chunk])
-        pred_f += [f[offsets[k]:offsets[k + 1]] for k in range(len(chunk))]
+    pred_e, pred_f = predict_atoms(potential, reference.frames, batch_size)
     return evaluate_accuracy(
-        np.concatenate(pred_e), reference.energies_eV(), pred_f, reference.forces_eV_per_A(),
-        np.array([len(a) for a in frames]), reference.names, config.criteria,
+        pred_e, reference.energies_eV(), pred_f, reference.forces_eV_per_A(),
+        np.array([len(a) for a in reference.frames]), reference.names, config.criteria,
         reference.level_of_theory, model_level,
     )
 
 
-def decide(molecules: list[MoleculeResult], accuracy: AccuracyResult | None) -> tuple[Verdict, str, list[str]]:
-    """Approved only when every required check passes on every molecule and replica."""
-    failed: list[str] = []
-    for mol in molecules:
-        for c in mol.checks:
-            if c.required and c.passed is False:
-                n_bad = sum(1 for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False)
-                where = f" at {c.time_ps:.3f} ps" if c.time_ps is not None else ""
-                failed.append(f"{mol.name}: {c.name} = {_fmt(c.value)} {c.unit} "
-                              f"(bound {c.comparison} {_fmt(c.bound)}; {n_bad}/{len(mol.replicas)} replicas{where})")
+def run_sanity_stage(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig) -> StageResult:
+    """The sanity stage (``mdgate.sanity``) as a stage result."""
+    from mdgate.sanity import run_sanity
+
+    st = config.sanity
+    t0 = time.perf_counter()
+    figures, checks = run_sanity(potential, molecules, st)
+    return _stage(Stage.SANITY, st.required, list(checks.values()), time.perf_counter() - t0,
+                  settings=st.model_dump(mode="json", exclude={"criteria"}), per_molecule=figures,
+                  by_molecule=checks)
+
+
+def run_oracle_stage(potential: SchnetpackPotential, frames: list[Frame], config: GateConfig,
+                     model_level: str | None, parent: SchnetpackPotential | None = None,
+                     parent_level: str | None = None) -> StageResult:
+    """On-trajectory accuracy: the oracle's forces on frames of the candidate's own MD."""
+    from mdgate.checks import check, enabled
+
+    st = config.oracle
+    t0 = time.perf_counter()
+    oracle = make_oracle(st, parent, parent_level)
+    settings = st.model_dump(mode="json", exclude={"criteria"})
+    if not frames:
+        return StageResult(stage=Stage.ORACLE, ran=False, required=st.required, note="no frames to judge",
+                           oracle=oracle.name, settings=settings)
+    res = evaluate_oracle(oracle, potential, frames)
+    overall = res["overall"]
+    note = f"{int(overall['n_frames'])} frames from the candidate's own NVE and stress trajectories"
+    if res["n_failed"]:
+        note += f"; the oracle failed on {res['n_failed']} frames ({'; '.join(res['failures'][:2])})"
+    applicable = not (st.kind != OracleKind.PARENT and model_level and oracle.level_of_theory
+                      and model_level.lower() != oracle.level_of_theory.lower())
+    checks = [check(name, overall[key], b, required=st.required) for name, key in (
+        ("min_force_r2", "force_r2"), ("force_mae_eV_per_A", "force_mae_eV_per_A"))
+        if (b := enabled(st.criteria, name)) is not None]
+    if not applicable:
+        note = f"model trained on {model_level}, oracle computes {oracle.level_of_theory}: not comparable; " + note
+        checks = [c.model_copy(update={"passed": None, "required": False, "note": "not applicable"}) for c in checks]
+    per = {g: {k: v for k, v in m.items()} for g, m in res["groups"].items()}
+    per["all"] = dict(overall)
+    return _stage(Stage.ORACLE, st.required, [checks], time.perf_counter() - t0, settings=settings,
+                  per_molecule=per, note=note, oracle=oracle.name)
+
+
+def _stage(stage: Stage, required: bool, groups: list[list[CheckResult]], seconds: float,
+           by_molecule: dict[str, list[CheckResult]] | None = None, **kw: Any) -> StageResult:
+    checks = worst_checks(groups)
+    failed = any(c.required and c.passed is False for c in checks)
+    has_required = any(c.required for c in checks)
+    result = StageResult(stage=stage, ran=True, required=required, seconds=seconds, checks=checks,
+                         passed=(not failed) if has_required else None, **kw)
+    if by_molecule is not None:
+        result.molecule_checks = by_molecule
+    return result
+
+
+def failed_checks(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
+                  stages: dict[str, StageResult] | None = None) -> list[FailedCheck]:
+    """Every failed required check as a record, in protocol order (sanity, NVE, accuracy,
+    stress, oracle): the first one decides.
+    """
+    stages = stages or {}
+    out: list[FailedCheck] = []
+
+    def add(stage: str, where: str, c: CheckResult, n_failed: int = 1, n_total: int = 1,
+            temperature_K: float | None = None) -> None:
+        if c.required and c.passed is False:
+            out.append(FailedCheck(stage=stage, where=where, check=c.name, value=c.value, unit=c.unit, bound=c.bound,
+                                   comparison=c.comparison, n_failed=n_failed, n_total=n_total, time_ps=c.time_ps,
+                                   temperature_K=temperature_K))
+
+    def add_md(stage: str, mols: list[MoleculeResult]) -> None:
+        for mol in mols:
+            for c in mol.checks:
+                bad = [r for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False]
+                temp = next((r.failure.temperature_K for r in bad if r.failure and r.failure.temperature_K
+                             and stage == "stress"), None)
+                add(stage, mol.name, c, len(bad), len(mol.replicas), temp)
+
+    sanity = stages.get(Stage.SANITY)
+    if sanity is not None:
+        for mol, checks in sanity.molecule_checks.items():
+            for c in checks:
+                add("sanity", mol, c)
+    add_md("nve", molecules)
     if accuracy is not None:
         for c in accuracy.checks:
-            if c.required and c.passed is False:
-                failed.append(f"accuracy: {c.name} = {_fmt(c.value)} (bound {c.comparison} {_fmt(c.bound)})")
-    if failed:
-        names = list(dict.fromkeys(f.split(": ")[1].split(" =")[0] for f in failed))
-        reason = f"{len(failed)} required checks failed ({', '.join(names)}); first: {failed[0]}"
-        return Verdict.REJECTED, reason, failed
+            add("accuracy", "all", c)
+    if (stress := stages.get(Stage.STRESS)) is not None:
+        add_md("stress", stress.molecules)
+    if (oracle := stages.get(Stage.ORACLE)) is not None:
+        for c in oracle.checks:
+            add("oracle", "all", c)
+    return out
+
+
+def decide(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
+           stages: dict[str, StageResult] | None = None) -> tuple[Verdict, str, list[str]]:
+    """Approved only when every required check of every stage passes on every molecule and replica.
+
+    Returns:
+        The verdict, its one-line reason (naming the stage and check that decided) and the
+        failed checks as lines.
+    """
+    failures = failed_checks(molecules, accuracy, stages)
+    lines = [f.line() for f in failures]
+    if failures:
+        names = list(dict.fromkeys(f"{f.stage}/{f.check}" for f in failures))
+        first = failures[0]
+        reason = (f"rejected by the {first.stage} stage: {lines[0]}; {len(failures)} required checks failed "
+                  f"({', '.join(names)})")
+        return Verdict.REJECTED, reason, lines
     n = sum(len(m.replicas) for m in molecules)
+    ran = [s for s in (stages or {}) if (stages or {})[s].ran]
     acc = f", force R² {accuracy.force_r2:.4f}" if accuracy is not None and accuracy.applicable else ""
-    return Verdict.APPROVED, f"all required checks passed on {len(molecules)} molecules ({n} trajectories){acc}", failed
+    oracle = (stages or {}).get(Stage.ORACLE)
+    if oracle is not None and oracle.ran and "all" in oracle.per_molecule:
+        acc += f", on-trajectory force R² {oracle.per_molecule['all'].get('force_r2') or float('nan'):.4f}"
+    n_mol = len(molecules) or max((len(s.molecules) for s in (stages or {}).values()), default=0)
+    stage_list = f" ({', '.join(ran)})" if ran else ""
+    return (Verdict.APPROVED, f"all required checks passed on {n_mol} molecules ({n} NVE trajectories)"
+            f"{stage_list}{acc}", lines)
 
 
 def _fmt(x: float | None) -> str:
@@ -242,14 +394,18 @@ def model_info(source: str, potential: SchnetpackPotential | None, meta: ModelMe
 
 
 def assemble(model: ModelInfo, config: GateConfig, molecules: list[MoleculeResult],
-             accuracy: AccuracyResult | None, timing: Timing) -> ValidationResult:
+             accuracy: AccuracyResult | None, timing: Timing,
+             stages: dict[str, StageResult] | None = None) -> ValidationResult:
     """Decide the verdict and build the result."""
-    verdict, reason, failed = decide(molecules, accuracy)
+    stages = stages or {}
+    verdict, reason, failed = decide(molecules, accuracy, stages)
+    records = failed_checks(molecules, accuracy, stages)
     return ValidationResult(
         verdict=verdict, reason=reason, model=model,
         criteria={"config": config.model_dump(mode="json"), "sha256": config.sha256()},
-        molecules=molecules, accuracy=accuracy, failed_checks=failed, timing=timing,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), mdgate_version=__version__,
+        molecules=molecules, accuracy=accuracy, failed_checks=failed, failures=records,
+        decided_by=f"{records[0].stage}/{records[0].check}" if records else None, stages=stages,
+        timing=timing, created_at=datetime.now(UTC).isoformat(timespec="seconds"), mdgate_version=__version__,
     )
 
 
@@ -260,6 +416,94 @@ def error_result(reason: str, source: str, config: GateConfig, meta: ModelMeta |
         criteria={"config": config.model_dump(mode="json"), "sha256": config.sha256()},
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), mdgate_version=__version__,
     )
+
+
+StageFn = Callable[[str, Callable[[], Any]], Any]
+"""``run_stage(name, fn)``: how a pipeline stage is run (directly, or as a Prefect task)."""
+MapMD = Callable[[list[Molecule]], list[MoleculeRun]]
+"""How MD is mapped over molecules (all in one batch, or one task per molecule)."""
+
+
+def _direct(name: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: str, *,
+                 map_md: MapMD | None = None, run_stage: StageFn | None = None,
+                 progress: ProgressFn | None = None, parent: SchnetpackPotential | None = None,
+                 parent_level: str | None = None) -> ValidationResult:
+    """The validation protocol on loaded inputs: sanity → MD stages → accuracy → oracle → verdict.
+
+    A required sanity stage that fails rejects the model without running MD.
+
+    Args:
+        inputs: the loaded potential and molecule sets.
+        config: the gate config.
+        meta: the model's metadata.
+        source: what the report calls the model.
+        map_md: runs the MD stages of a list of molecules (default: all in one batch here).
+        run_stage: runs a non-MD stage (default: directly).
+        progress: MD progress callback for the default ``map_md``.
+        parent: the parent model, for ``oracle.kind: parent``.
+        parent_level: the parent's level of theory.
+
+    Raises:
+        MdgateError: bad input (the caller turns it into an Error verdict or exit code 2).
+    """
+    stage = run_stage or _direct
+    pot = inputs.potential
+    t0 = time.perf_counter()
+    stages: dict[str, StageResult] = {}
+    timing = Timing(device=str(pot.device))
+    if config.sanity.enabled:
+        stages[Stage.SANITY] = stage("sanity", lambda: run_sanity_stage(pot, inputs.molecules, config))
+        timing.sanity_s = stages[Stage.SANITY].seconds
+    sanity_failed = stages.get(Stage.SANITY) is not None and stages[Stage.SANITY].passed is False \
+        and config.sanity.required
+    runs: list[MoleculeRun] = []
+    t_md = time.perf_counter()
+    if not sanity_failed:
+        runs = (map_md or (lambda mols: run_md(pot, mols, config, progress)))(inputs.molecules)
+    timing.md_s = time.perf_counter() - t_md
+    molecules = [r.nve for r in runs if r.nve is not None]
+    skipped = "skipped: the model failed the required sanity checks" if sanity_failed else "disabled"
+    stages[Stage.NVE] = _md_stage(Stage.NVE, molecules, True, config.md.enabled and not sanity_failed,
+                                  timing.md_s, config.md.model_dump(mode="json"), skipped)
+    stress = [r.stress for r in runs if r.stress is not None]
+    stages[Stage.STRESS] = _md_stage(Stage.STRESS, stress, config.stress.required,
+                                     config.stress.enabled and not sanity_failed, 0.0,
+                                     config.stress.model_dump(mode="json", exclude={"criteria"}), skipped)
+    accuracy = None
+    t_acc = time.perf_counter()
+    if inputs.reference is not None:
+        accuracy = stage("accuracy", lambda: run_accuracy(pot, inputs.reference, config, meta.level_of_theory))
+        stages[Stage.ACCURACY] = StageResult(stage=Stage.ACCURACY, ran=True, required=True, checks=accuracy.checks,
+                                             passed=all(c.passed is not False for c in accuracy.checks if c.required))
+    timing.accuracy_s = time.perf_counter() - t_acc
+    frames = [f for r in runs for f in r.frames]
+    if config.oracle.enabled and not sanity_failed:
+        stages[Stage.ORACLE] = stage("oracle", lambda: run_oracle_stage(
+            pot, frames, config, meta.level_of_theory, parent, parent_level))
+        timing.oracle_s = stages[Stage.ORACLE].seconds
+    steps = max((r.steps_done for m in molecules + stress for r in m.replicas), default=0)
+    atom_steps = sum(r.steps_done * m.n_atoms for m in molecules + stress for r in m.replicas)
+    timing.total_s = time.perf_counter() - t0
+    timing.md_steps = steps
+    timing.ms_per_step = timing.md_s / steps * 1000 if steps else None
+    timing.atom_steps_per_s = atom_steps / timing.md_s if timing.md_s > 0 and atom_steps else None
+    timing.model_call = getattr(pot, "model_call", "eager")
+    return assemble(model_info(source, pot, meta), config, molecules, accuracy, timing, stages)
+
+
+def _md_stage(stage: Stage, mols: list[MoleculeResult], required: bool, ran: bool, seconds: float,
+              settings: dict, skipped: str) -> StageResult:
+    if not ran:
+        return StageResult(stage=stage, ran=False, required=required, note=skipped, settings=settings)
+    res = _stage(stage, required, [m.checks for m in mols], seconds, settings=settings)
+    if stage == Stage.STRESS:
+        res.molecules = mols
+        res.note = "NVE and stress trajectories advance in one batch: seconds are counted under NVE"
+    return res
 
 
 def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = None,
@@ -275,22 +519,12 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     meta = meta or ModelMeta()
     t0 = time.perf_counter()
     inputs = load_inputs(model, config, meta, device)
-    t_md = time.perf_counter()
-    molecules = run_md(inputs.potential, inputs.molecules, config, progress)
-    md_s = time.perf_counter() - t_md
-    t_acc = time.perf_counter()
-    accuracy = None
-    if inputs.reference is not None:
-        accuracy = run_accuracy(inputs.potential, inputs.reference, config, meta.level_of_theory)
-    acc_s = time.perf_counter() - t_acc
-    steps = max((r.steps_done for m in molecules for r in m.replicas), default=0)
-    atom_steps = sum(r.steps_done * m.n_atoms for m in molecules for r in m.replicas)
-    timing = Timing(
-        total_s=time.perf_counter() - t0, md_s=md_s, accuracy_s=acc_s, device=str(inputs.potential.device),
-        md_steps=steps, ms_per_step=md_s / steps * 1000 if steps else None,
-        atom_steps_per_s=atom_steps / md_s if md_s > 0 else None, model_call=inputs.potential.model_call,
-    )
-    result = assemble(model_info(str(model), inputs.potential, meta), config, molecules, accuracy, timing)
+    parent = parent_level = None
+    if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT and config.oracle.parent_model:
+        parent = load_potential(config.oracle.parent_model, ModelMeta(), device or config.md.device.value)
+    result = run_pipeline(inputs, config, meta, str(model), progress=progress, parent=parent,
+                          parent_level=parent_level)
+    result.timing.total_s = time.perf_counter() - t0
     if out_dir is not None:
         write_report(result, Path(out_dir))
     return result

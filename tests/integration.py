@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from tests.models import GOOD_MODEL
+from tests.models import GOOD_MODEL, QUICK_STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PAINN_SMALL = GOOD_MODEL
@@ -52,6 +52,7 @@ def gate_config(tmp_path_factory: pytest.TempPathFactory, small_set: Any) -> Pat
     """The gate config YAML of the integration tests (the small set, 60 MD steps)."""
     path = tmp_path_factory.mktemp("gate") / "gate.yaml"
     path.write_text(yaml.safe_dump({
+        **QUICK_STAGES,
         "md": MD,
         # A linear fit over 0.03 ps measures fluctuations, not drift: informational here.
         "criteria": {"min_force_r2": {"bound": 0.9},

@@ -218,3 +218,72 @@ def triangle(symbols: str, edge_A: float = 1.5, name: str | None = None,
     if name:
         atoms.info["name"] = name
     return atoms
+
+
+class HoleModel(nn.Module):
+    """A *conservative* schnetpack model with a spurious attractive hole far from equilibrium.
+
+    Pairs of atoms with atomic numbers ``z1`` and ``z2`` get the extra energy
+    ``−depth · σ((r_on − r) / width)`` (σ the logistic function): nothing where the pair never
+    comes closer than ``r_on + 5·width`` (its energy and forces there equal the wrapped model's
+    to below 1e-5 eV/Å), and a well of ``depth`` eV once the pair gets inside ``r_on``. Energy
+    and forces stay consistent (forces are −∇ of the total energy by autograd), so NVE energy is
+    conserved and the sanity stage sees nothing; only MD that reaches ``r_on`` falls in.
+
+    Args:
+        model: the wrapped schnetpack ``NeuralNetworkPotential`` (eV, Å).
+        z1, z2: atomic numbers of the pair.
+        r_on_A: onset distance of the hole.
+        depth_eV: well depth.
+        width_A: width of the onset.
+    """
+
+    def __init__(self, model: nn.Module, z1: int, z2: int, r_on_A: float, depth_eV: float = 3.0,
+                 width_A: float = 0.03):
+        super().__init__()
+        self.model = model
+        self.model.do_postprocessing = True
+        self.z1, self.z2, self.r_on_A, self.depth_eV, self.width_A = z1, z2, r_on_A, depth_eV, width_A
+
+    def hole_energy(self, numbers: torch.Tensor, positions: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                    idx_m: torch.Tensor, n_systems: int) -> torch.Tensor:
+        """The hole's energy per system (eV), ``[n_systems]``; both pair directions are listed."""
+        zi, zj = numbers[idx_i], numbers[idx_j]
+        pair = ((zi == self.z1) & (zj == self.z2)) | ((zi == self.z2) & (zj == self.z1))
+        r = (positions[idx_j] - positions[idx_i]).norm(dim=1)
+        e = -0.5 * self.depth_eV * torch.sigmoid((self.r_on_A - r) / self.width_A) * pair.to(r.dtype)
+        return torch.zeros(n_systems, dtype=r.dtype, device=r.device).index_add(0, idx_m[idx_i], e)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the wrapped model and add the hole's energy and its forces."""
+        out = dict(self.model(inputs))
+        with torch.enable_grad():
+            pos = inputs["_positions"].detach().to(torch.float64).requires_grad_(True)
+            e = self.hole_energy(inputs["_atomic_numbers"], pos, inputs["_idx_i"], inputs["_idx_j"],
+                                 inputs["_idx_m"], int(inputs["_n_atoms"].numel()))
+            (grad,) = torch.autograd.grad(e.sum(), pos)
+        out["energy"] = out["energy"] + e.detach().to(out["energy"].dtype)
+        out["forces"] = out["forces"] - grad.to(out["forces"].dtype)
+        return out
+
+
+#: Short heat-stress and oracle stages for tests of other things (the default protocol runs
+#: 4000 stress steps × 3 replicas per molecule): a 0.1 ps ramp, one oracle frame per trajectory.
+QUICK_STAGES: dict = {"stress": {"ramp_ps": 0.05, "hold_ps": 0.05}, "oracle": {"frames_per_trajectory": 1},
+                      "sanity": {"relax_steps": 50}}
+
+
+def quick(config: dict) -> dict:
+    """``config`` with :data:`QUICK_STAGES` for the sections it does not set itself."""
+    return {**QUICK_STAGES, **config}
+
+
+def quick_config_file() -> Path:
+    """A gate config YAML holding only :data:`QUICK_STAGES` (for ``mdgate validate --config``)."""
+    import tempfile
+
+    import yaml
+
+    path = Path(tempfile.mkdtemp(prefix="mdgate-quick-")) / "quick.yaml"
+    path.write_text(yaml.safe_dump(QUICK_STAGES))
+    return path

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.models import MODEL_META, build_painn
+from tests.models import MODEL_META, QUICK_STAGES, build_painn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,7 +30,7 @@ def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: to
         torch.save(build_painn(32 - 6 * k, 2, atomrefs), models / f"{stem}.pt")
         (models / f"{stem}.json").write_text(json.dumps(MODEL_META))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"md": {"n_steps": 40},
+    config.write_text(yaml.safe_dump({**QUICK_STAGES, "md": {"n_steps": 40},
                                       "molecules": str(small_set.molecules), "reference": str(small_set.reference)}))
     tracking_uri, prefect_api_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}/api"
     env = {

@@ -20,6 +20,7 @@ from mdgate.molecules import check_reference_matches, read_molecules, read_refer
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import run_accuracy, validate
+from tests.models import QUICK_STAGES
 
 
 def relabelled(src: Path, dst: Path, level: str | None) -> Path:
@@ -59,7 +60,7 @@ def test_a_reference_of_another_level_of_theory_is_not_applicable(
         tmp_path: Path, untrained_model_path: Path, small_set) -> None:
     dft = relabelled(small_set.reference, tmp_path / "dft.extxyz", "DFT/wB97X-D")
     assert read_reference(dft).level_of_theory == "DFT/wB97X-D"
-    base = {"md": {"n_steps": 20, "device": "cpu"}, "molecules": str(small_set.molecules)}
+    base = {**QUICK_STAGES, "md": {"n_steps": 20, "device": "cpu"}, "molecules": str(small_set.molecules)}
     same = validate(untrained_model_path, parse_config({**base, "reference": str(small_set.reference)}),
                     ModelMeta(level_of_theory="GFN2-xTB"))
     other = validate(untrained_model_path, parse_config({**base, "reference": str(dft)}),

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from mdgate.cli import app
 from mdgate.config import load_config
-from tests.models import MODEL_META, NaNModel, build_painn, save_model
+from tests.models import MODEL_META, NaNModel, build_painn, quick_config_file, save_model
 
-SHORT = ["--n-steps", "40"]
+SHORT = ["--n-steps", "40", "--config", str(quick_config_file())]
 
 
 def invoke(*args: str | Path):
@@ -146,7 +146,8 @@ def test_the_applied_config_and_its_sha256_are_in_results_json(
     (tmp_path / "sets").mkdir()
     (tmp_path / "sets" / "mols.extxyz").write_bytes(small_set.molecules.read_bytes())
     cfg = tmp_path / "gate.yaml"
-    cfg.write_text("md:\n  n_steps: 30\n  seed: 7\nmolecules: sets/mols.extxyz\n")
+    cfg.write_text("md:\n  n_steps: 30\n  seed: 7\nmolecules: sets/mols.extxyz\n"
+                   "stress:\n  ramp_ps: 0.05\n  hold_ps: 0.05\n")
     result = invoke(untrained_model_path, "--config", cfg, "--out", tmp_path / "out")
     assert result.exit_code == 1, result.stderr
     data = strict_json(tmp_path / "out" / "results.json")

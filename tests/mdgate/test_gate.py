@@ -20,7 +20,7 @@ from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_module, load_potential
 from mdgate.results import ValidationResult, Verdict
 from mdgate.runner import run_accuracy, validate
-from tests.models import MODEL_META, NonConservativeModel, save_model
+from tests.models import MODEL_META, QUICK_STAGES, NonConservativeModel, save_model
 
 #: Short MD for the default suite: 0.2 ps, energies recorded every 1 fs.
 SHORT_MD = {"n_steps": 400, "record_every": 2, "device": "cpu"}
@@ -54,7 +54,7 @@ def good_meta(path: Path) -> ModelMeta:
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory: pytest.TempPathFactory, good_model_path: Path) -> ValidationResult:
     """The trained small PaiNN on the whole packaged set (10 molecules, 500 reference frames)."""
-    cfg = parse_config({"md": SHORT_MD}, "test")
+    cfg = parse_config({**QUICK_STAGES, "md": SHORT_MD}, "test")
     return validate(good_model_path, cfg, good_meta(good_model_path), out_dir=tmp_path_factory.mktemp("good"))
 
 
@@ -81,7 +81,7 @@ def test_the_trained_small_painn_is_approved(good_run: ValidationResult) -> None
 
 def test_an_untrained_painn_is_rejected_for_accuracy_and_stability(
         tmp_path: Path, untrained_model_path: Path, small_set) -> None:
-    cfg = parse_config({"md": SHORT_MD, "molecules": str(small_set.molecules),
+    cfg = parse_config({**QUICK_STAGES, "md": SHORT_MD, "molecules": str(small_set.molecules),
                         "reference": str(small_set.reference)}, "test")
     result = validate(untrained_model_path, cfg, ModelMeta(**MODEL_META), out_dir=tmp_path)
     assert result.verdict == Verdict.REJECTED
@@ -121,7 +121,7 @@ def test_forces_that_are_not_the_energy_gradient_are_rejected_by_energy_conserva
     meta = json.loads(good_model_path.with_suffix(".json").read_text())
     model = save_model(wrapped, tmp_path / "curl.pt", meta)
     config = tmp_path / "gate.yaml"
-    config.write_text(yaml.safe_dump({"md": SHORT_MD, "molecules": str(curl_set[0]),
+    config.write_text(yaml.safe_dump({**QUICK_STAGES, "md": SHORT_MD, "molecules": str(curl_set[0]),
                                       "reference": str(curl_set[1])}))
     out = tmp_path / "out"
     run = subprocess.run(

@@ -247,7 +247,9 @@ def test_fail_fast_limits_are_the_required_bounds() -> None:
     assert md_limits(GateConfig()) == StopLimits(
         max_force_eV_per_A=c.max_force_eV_per_A.bound, max_temperature_K=c.max_temperature_K.bound,
         max_bond_deviation_A=c.max_bond_deviation_A.bound,
-        max_energy_deviation_meV_per_atom=c.max_energy_deviation_meV_per_atom.bound)
+        max_energy_deviation_meV_per_atom=c.max_energy_deviation_meV_per_atom.bound,
+        temperature_jump_factor=c.temperature_jump_factor.bound, min_distance_A=c.min_distance_A.bound,
+        isolated_h_atoms=c.isolated_h_atoms.bound)
     cfg = GateConfig.model_validate({"md": {"fail_fast_margin": 3.0},
                                      "criteria": {"max_temperature_K": {"bound": 2000.0, "required": False},
                                                   "max_force_eV_per_A": {"bound": None},

@@ -17,7 +17,7 @@ from mdgate.potentials import ModelMeta
 from mdgate.report import write_report
 from mdgate.results import Timing, Verdict
 from mdgate.runner import assemble, error_result, model_info, run_md, validate
-from tests.models import MorsePairPotential, tetrahedron
+from tests.models import QUICK_STAGES, MorsePairPotential, quick, tetrahedron
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,7 +83,7 @@ def table_under(parsed: Parsed, heading: str) -> Table:
 def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Path, small_set):
     """``validate`` of the untrained PaiNN on the small set, with its report written."""
     out = tmp_path_factory.mktemp("rejected")
-    cfg = parse_config({"md": {"n_steps": 60, "device": "cpu"}, "molecules": str(small_set.molecules),
+    cfg = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "device": "cpu"}, "molecules": str(small_set.molecules),
                         "reference": str(small_set.reference)}, "test")
     result = validate(untrained_model_path, cfg, ModelMeta(), out_dir=out)
     return result, cfg, out
@@ -199,7 +199,7 @@ def test_the_summary_table_never_shows_an_unmeasured_check_as_passed(rejected) -
 
 def test_an_approved_report(tmp_path: Path) -> None:
     """A conserving, stable potential: every required check passes; the report says so."""
-    config = GateConfig.model_validate({"md": {"n_steps": 100, "record_every": 5}})
+    config = GateConfig.model_validate(quick({"md": {"n_steps": 100, "record_every": 5}}))
     mols = [Molecule("tetra_c", tetrahedron("C4", rattle_A=0.01, seed=1)),
             Molecule("tetra_n", tetrahedron("C2N2", rattle_A=0.01, seed=2))]
     pot = MorsePairPotential()

@@ -17,6 +17,7 @@ from mdgate.md import Trajectory
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import compile_step, run_md
+from tests.models import quick
 
 
 def _traj(e_tot: np.ndarray, n_atoms: int = 10, timestep_fs: float = 0.5, every: int = 1) -> Trajectory:
@@ -61,7 +62,7 @@ def test_short_oscillation_passes_as_noise_but_a_real_drift_fails() -> None:
 
 def test_compiled_model_gives_the_eager_forces_and_the_same_md(untrained_model_path, packaged_molecules) -> None:
     mols = [m for m in packaged_molecules if m.name in ("ethanol", "uracil")]
-    cfg = GateConfig.model_validate({"md": {"n_steps": 30, "compile": "on", "fail_fast": False}})
+    cfg = GateConfig.model_validate(quick({"md": {"n_steps": 30, "compile": "on", "fail_fast": False}}))
     eager = load_potential(untrained_model_path, ModelMeta(), "cpu")
     compiled = load_potential(untrained_model_path, ModelMeta(), "cpu")
     off = cfg.model_copy(update={"md": cfg.md.model_copy(update={"compile": "off"})})

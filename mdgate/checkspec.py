@@ -1,0 +1,201 @@
+"""The one table of checks: what each measures, its unit, direction, default bound per stage,
+whether MD stops on it, and how the report and the registry summary show it.
+
+Config (``mdgate.config``), the MD stop limits (``mdgate.md``), the evaluation (``mdgate.checks``),
+the report (``mdgate.report``) and the registry summary all read this table; a new check is one
+row here plus the function that measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    """The stages of the validation protocol, in the order they run."""
+
+    SANITY = "sanity"
+    NVE = "nve"
+    STRESS = "stress"
+    ACCURACY = "accuracy"
+    ORACLE = "oracle"
+
+
+#: What each stage is, for the report's section titles.
+STAGE_TITLE: dict[Stage, str] = {
+    Stage.SANITY: "Sanity (before MD)",
+    Stage.NVE: "NVE at 300 K: energy conservation and stability",
+    Stage.STRESS: "Heat stress: NVT temperature ramp",
+    Stage.ACCURACY: "Accuracy on the reference set",
+    Stage.ORACLE: "On-trajectory accuracy (oracle)",
+}
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check.
+
+    Attributes:
+        name: the key in configs, ``results.json`` and stop limits; carries its unit.
+        unit: unit of the measured value, as printed.
+        label: short label in report tables.
+        meaning: what a failure means (report's analysis section).
+        lower: the value must be ``>=`` the bound (else ``<=``).
+        stops_md: checked live every record step; crossing a required bound stops the trajectory.
+        column: column header in the registry summary table (``None``: report only).
+    """
+
+    name: str
+    unit: str
+    label: str
+    meaning: str
+    lower: bool = False
+    stops_md: bool = False
+    column: str | None = None
+
+    @property
+    def comparison(self) -> str:
+        """``>=`` or ``<=``."""
+        return ">=" if self.lower else "<="
+
+
+_SPECS = [
+    # ---- MD stability (NVE and stress stages)
+    CheckSpec("completion", "fraction of steps", "Simulations completed",
+              "trajectories did not run to the end: the dynamics broke down before the asked time", lower=True),
+    CheckSpec("finite", "non-finite events", "Numerical stability (finite)",
+              "energies, forces or positions became NaN/inf: the model is numerically unusable for MD"),
+    CheckSpec("max_force_eV_per_A", "eV/Å", "Force bound",
+              "forces grew beyond any physical value for a molecule at this temperature",
+              stops_md=True, column="max force (eV/Å)"),
+    CheckSpec("max_temperature_K", "K", "No temperature blow-up",
+              "kinetic energy exploded: potential energy was converted into heat, the signature of an "
+              "unstable or non-conservative potential", stops_md=True, column="max T (K)"),
+    CheckSpec("max_temperature_excess_K", "K", "Temperature above the thermostat target",
+              "the temperature ran away from the thermostat's target: the potential releases energy faster "
+              "than the thermostat removes it (an explosion, MLIPAudit's T > T0 + 10 000 K criterion)",
+              stops_md=True),
+    CheckSpec("temperature_jump_factor", "×", "Temperature jump between records",
+              "the temperature jumped by a large factor between two records: a sudden release of energy "
+              "(MLIPAudit's ×100 criterion)", stops_md=True),
+    CheckSpec("max_bond_deviation_A", "Å", "Structural stability (bonds)",
+              "a covalent bond stretched or compressed by more than the bound: the molecule fell apart or "
+              "fused (Fu et al., 'Forces are not enough', 2023)", stops_md=True, column="max bond dev (Å)"),
+    CheckSpec("min_distance_A", "Å", "Closest approach of two atoms",
+              "two atoms came closer than any chemical bond: the potential lacks short-range repulsion "
+              "(a 'hole' that MD falls into)", lower=True, stops_md=True),
+    CheckSpec("isolated_h_atoms", "atoms", "H atoms lost",
+              "a hydrogen atom left the molecule (farther than the bound from every other atom, "
+              "MLIPAudit's criterion)", stops_md=True),
+    # ---- energy conservation (NVE stage)
+    CheckSpec("drift_slope_meV_per_atom_per_ps", "meV/atom/ps", "Energy drift slope",
+              "total energy drifts systematically: forces are not the gradient of the energy, or are too "
+              "rough for the time step", column="drift slope (meV/atom/ps)"),
+    CheckSpec("max_energy_deviation_meV_per_atom", "meV/atom", "Max energy deviation",
+              "total energy departs from its initial value by more than the bound: energy is not conserved",
+              stops_md=True, column="max |E-E0| (meV/atom)"),
+    CheckSpec("total_drift_percent", "%", "Energy conservation (seed %)",
+              "total energy changed by more than the hand-made report's 1 % threshold"),
+    CheckSpec("drift_over_kinetic_std", "", "Drift over σ(E_kin)",
+              "the energy drift is large against the natural kinetic-energy fluctuation"),
+    # ---- accuracy (reference set, and oracle on the model's own frames)
+    CheckSpec("min_force_r2", "", "Force R²",
+              "forces disagree with the reference method: the model has not learned the potential energy "
+              "surface it is meant to reproduce", lower=True, column="force R²"),
+    CheckSpec("force_mae_eV_per_A", "eV/Å", "Force MAE",
+              "forces are off by more than the bound on average"),
+    CheckSpec("energy_mae_meV_per_atom", "meV/atom", "Energy MAE",
+              "energies are off by more than the bound on average"),
+    # ---- sanity (before MD)
+    CheckSpec("rotation_energy_error_meV_per_atom", "meV/atom", "Energy under rotation/translation",
+              "the energy changes when the molecule is rotated or translated: the model is not invariant"),
+    CheckSpec("force_rotation_error_eV_per_A", "eV/Å", "Forces rotate with the molecule",
+              "forces do not rotate with the molecule: the model is not equivariant"),
+    CheckSpec("permutation_energy_error_meV_per_atom", "meV/atom", "Energy under permutation",
+              "the energy depends on the order of same-element atoms"),
+    CheckSpec("batch_force_error_eV_per_A", "eV/Å", "Batched = single",
+              "a molecule's forces depend on the other molecules in the batch: batched MD is not valid"),
+    CheckSpec("fd_force_error_relative", "", "Finite-difference energy–force consistency",
+              "forces are not the negative gradient of the energy (non-conservative forces): NVE energy "
+              "will drift"),
+    CheckSpec("net_torque_eV", "eV", "Net torque",
+              "the forces exert a net torque on an isolated molecule: they are not the gradient of a "
+              "rotation-invariant energy and spin the molecule up in MD"),
+    CheckSpec("relax_rmsd_A", "Å", "Relaxation RMSD",
+              "the model's minimum is far from the reference geometry (MLIPAudit bound 0.075 Å)"),
+    CheckSpec("relax_max_force_eV_per_A", "eV/Å", "Relaxation converged",
+              "the optimizer did not reach a minimum within its step budget"),
+]
+
+#: Every check by name.
+CHECKS: dict[str, CheckSpec] = {s.name: s for s in _SPECS}
+
+#: Default (bound, required) of each check in each stage's criteria. ``None`` bound: reported only.
+#: Sources and measured margins are in the README ("The criteria and where they come from").
+DEFAULTS: dict[Stage, dict[str, tuple[float | None, bool]]] = {
+    Stage.NVE: {
+        "max_force_eV_per_A": (25.0, True),
+        "max_temperature_K": (2000.0, True),
+        "temperature_jump_factor": (100.0, True),
+        "max_bond_deviation_A": (0.5, True),
+        "min_distance_A": (0.6, True),
+        "isolated_h_atoms": (0.0, True),
+        "drift_slope_meV_per_atom_per_ps": (0.5, True),
+        "max_energy_deviation_meV_per_atom": (2.0, True),
+        "total_drift_percent": (1.0, False),
+        "drift_over_kinetic_std": (None, False),
+    },
+    Stage.ACCURACY: {
+        "min_force_r2": (0.95, True),
+        "force_mae_eV_per_A": (None, False),
+        "energy_mae_meV_per_atom": (None, False),
+    },
+    Stage.STRESS: {
+        "max_force_eV_per_A": (40.0, True),
+        "max_temperature_excess_K": (10000.0, True),
+        "temperature_jump_factor": (100.0, True),
+        "max_bond_deviation_A": (0.5, True),
+        "min_distance_A": (0.6, True),
+        "isolated_h_atoms": (0.0, True),
+    },
+    Stage.ORACLE: {
+        "min_force_r2": (0.9, True),
+        "force_mae_eV_per_A": (None, False),
+    },
+    Stage.SANITY: {
+        # Measured on the example models (README): float32 rounding gives ≤ 0.0006 meV/atom,
+        # 8e-5 eV/Å, fd ≤ 0.0009, torque ≤ 1e-5 eV; a curl field of 0.01 eV/Å² gives fd 0.012,
+        # torque 2.9 eV, force rotation error 0.096 eV/Å.
+        "rotation_energy_error_meV_per_atom": (0.05, True),
+        "force_rotation_error_eV_per_A": (0.01, True),
+        "permutation_energy_error_meV_per_atom": (0.05, True),
+        "batch_force_error_eV_per_A": (0.001, True),
+        "fd_force_error_relative": (0.005, True),
+        "net_torque_eV": (0.01, True),
+        # MLIPAudit's bound; informational: floppy molecules (malonaldehyde) relax into another
+        # conformer with well-trained models (README).
+        "relax_rmsd_A": (0.075, False),
+        "relax_max_force_eV_per_A": (None, False),
+    },
+}
+
+#: Distance (Å) beyond which an H atom with no other atom nearer counts as lost (MLIPAudit).
+H_LOSS_DISTANCE_A = 2.5
+
+
+def spec(name: str) -> CheckSpec:
+    """The specification of check ``name``.
+
+    Raises:
+        KeyError: naming the unknown check and the known ones.
+    """
+    try:
+        return CHECKS[name]
+    except KeyError:
+        raise KeyError(f"unknown check {name!r}; known: {sorted(CHECKS)}") from None
+
+
+def summary_columns() -> list[tuple[str, str]]:
+    """(column header, check name) of the registry summary table, in table order."""
+    return [(s.column, s.name) for s in _SPECS if s.column and s.name != "min_force_r2"]

@@ -1,0 +1,125 @@
+"""Oracles for on-trajectory accuracy: who computes reference forces on frames taken from the
+candidate's own MD (both MD stages), where a test set made at equilibrium never goes.
+
+* ``xtb``: GFN2-xTB through tblite (the level of the packaged molecule set);
+* ``parent``: the parent model (a distilled student must reproduce its teacher where the student
+  actually goes);
+* ``ase``: any ASE calculator, by import path ``package.module:Class`` and keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from mdgate.config import OracleKind, OracleSettings
+from mdgate.errors import ConfigError, MdgateError
+from mdgate.potentials import Potential
+from mdgate.predict import predict
+
+#: A frame: (stage, molecule, atomic numbers [n], positions [n, 3] Å).
+Frame = tuple[str, str, np.ndarray, np.ndarray]
+
+
+@dataclass
+class Oracle:
+    """Reference forces for frames. ``forces`` returns ``None`` for a frame it could not compute."""
+
+    name: str
+    level_of_theory: str | None
+    potential: Potential | None = None
+    calculator_factory: Any = None
+    failures: list[str] = field(default_factory=list)
+
+    def forces(self, frames: list[Frame]) -> list[np.ndarray | None]:
+        """Reference forces (eV/Å) of each frame, ``None`` where the oracle failed on it."""
+        if self.potential is not None:
+            _, f = predict(self.potential, [(z, x) for _, _, z, x in frames])
+            return list(f)
+        out: list[np.ndarray | None] = []
+        for stage, mol, z, x in frames:
+            atoms = Atoms(numbers=z, positions=x)
+            atoms.calc = self.calculator_factory()
+            try:
+                out.append(np.asarray(atoms.get_forces(), float))
+            except Exception as e:  # an exploded frame an SCF cannot converge on
+                self.failures.append(f"{stage}/{mol}: {type(e).__name__}: {str(e)[:80]}")
+                out.append(None)
+        return out
+
+
+def _xtb() -> Any:
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN2-xTB", verbosity=0)
+
+
+def make_oracle(settings: OracleSettings, parent: Potential | None = None,
+                parent_level: str | None = None) -> Oracle:
+    """The oracle ``settings`` name.
+
+    Raises:
+        ConfigError: an ``ase`` oracle whose calculator cannot be imported, or ``parent``
+            without a parent model.
+    """
+    if settings.kind == OracleKind.XTB:
+        try:
+            import tblite.ase  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"oracle 'xtb' needs the tblite package ({e}); install mdgate's dependencies") from e
+        return Oracle("GFN2-xTB (tblite)", "GFN2-xTB", calculator_factory=_xtb)
+    if settings.kind == OracleKind.PARENT:
+        if parent is None:
+            raise ConfigError("oracle 'parent' needs the parent model: set oracle.parent_model, or register the "
+                              "version with mdgate.parent")
+        return Oracle("parent model", parent_level, potential=parent)
+    path = settings.calculator or ""
+    module, _, cls = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"oracle.calculator = {path!r}: cannot import it ({type(e).__name__}: {e}); "
+                          "use 'package.module:Class'") from e
+    kwargs = dict(settings.calculator_kwargs)
+    return Oracle(path, settings.level_of_theory, calculator_factory=lambda: factory(**kwargs))
+
+
+def pick_frames(snapshots: list[tuple[int, np.ndarray]], k: int) -> list[tuple[int, np.ndarray]]:
+    """``k`` snapshots evenly spaced over those recorded (the last one always included)."""
+    if len(snapshots) <= k:
+        return list(snapshots)
+    idx = np.unique(np.round(np.linspace(len(snapshots) - 1, 0, k)).astype(int))
+    return [snapshots[i] for i in sorted(idx)]
+
+
+def evaluate_oracle(oracle: Oracle, candidate: Potential, frames: list[Frame]) -> dict[str, Any]:
+    """Candidate vs oracle forces on ``frames``: R², MAE, RMSE overall, per stage, per molecule.
+
+    Raises:
+        MdgateError: the oracle could not compute a single frame.
+    """
+    from mdgate.checks import force_accuracy
+
+    ref = oracle.forces(frames)
+    ok = [k for k, f in enumerate(ref) if f is not None]
+    if not ok:
+        raise MdgateError(f"the oracle {oracle.name} failed on every frame ({'; '.join(oracle.failures[:2])})")
+    used = [frames[k] for k in ok]
+    _, pred = predict(candidate, [(z, x) for _, _, z, x in used])
+    refs = [ref[k] for k in ok]
+
+    def figures(sel: list[int]) -> dict[str, float]:
+        m = force_accuracy(np.concatenate([pred[i] for i in sel]), np.concatenate([refs[i] for i in sel]))
+        m["n_frames"] = float(len(sel))
+        return m
+
+    groups: dict[str, list[int]] = {}
+    for i, (stage, mol, _, _) in enumerate(used):
+        groups.setdefault(mol, []).append(i)
+        groups.setdefault(f"stage:{stage}", []).append(i)
+    return {"overall": figures(list(range(len(used)))), "groups": {g: figures(s) for g, s in groups.items()},
+            "n_failed": len(frames) - len(ok), "failures": oracle.failures[:5]}

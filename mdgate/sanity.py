@@ -1,0 +1,151 @@
+"""The sanity stage: cheap checks before any MD (seconds per molecule).
+
+On a slightly rattled copy of each start geometry (forces of order 1 eV/Å, so that relative
+errors are meaningful):
+
+* energy invariance under random rotations + translations, and forces rotating with the molecule;
+* energy invariance under permutations of same-element atoms;
+* batched output equal to single-molecule output;
+* energy–force consistency: central finite differences of the energy along random directions in
+  configuration space against −F·d (non-conservative forces fail this without any MD), and the
+  net torque of the forces (zero for the gradient of a rotation-invariant energy);
+* relaxation from the start geometry with ASE's BFGS on the candidate, and the RMSD (after
+  optimal superposition) to the start geometry.
+
+A model that fails here is *Rejected* without paying for MD: it runs but is physically wrong. A
+model that raises or returns non-finite values here is *broken* (an Error, raised as
+:class:`~mdgate.errors.ModelInterfaceError`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.optimize import BFGS
+
+from mdgate.checks import check, enabled
+from mdgate.config import SanitySettings
+from mdgate.errors import ModelInterfaceError
+from mdgate.molecules import Molecule
+from mdgate.potentials import Potential
+from mdgate.predict import PotentialCalculator, predict
+from mdgate.results import CheckResult
+
+#: Rattle (Å, standard deviation) of the geometry the invariance and consistency checks use.
+RATTLE_A = 0.05
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly from SO(3) (QR of a Gaussian matrix, sign-fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+def kabsch_rmsd_A(a: np.ndarray, b: np.ndarray) -> float:
+    """RMSD between two conformations ``[n, 3]`` after removing translation and rotation."""
+    a0, b0 = a - a.mean(0), b - b.mean(0)
+    u, _, vt = np.linalg.svd(a0.T @ b0)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, 1.0, d]) @ vt
+    return float(np.sqrt(np.mean(np.sum((a0 @ rot - b0) ** 2, axis=1))))
+
+
+def _finite(name: str, *arrays: np.ndarray) -> None:
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ModelInterfaceError(f"model returned non-finite energies or forces for {name} before MD")
+
+
+def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettings,
+                     batched_forces: np.ndarray | None = None) -> dict[str, float | None]:
+    """The sanity figures of one molecule (see the module docstring)."""
+    rng = np.random.default_rng([settings.seed, len(mol.atoms), *mol.atoms.numbers[:8]])
+    z = mol.atoms.numbers
+    x = mol.atoms.positions + rng.normal(scale=RATTLE_A, size=mol.atoms.positions.shape)
+    n = len(z)
+    structures = [(z, x)]
+    rotations = []
+    for _ in range(settings.n_rotations):
+        rot, shift = random_rotation(rng), rng.normal(scale=5.0, size=3)
+        rotations.append(rot)
+        structures.append((z, x @ rot.T + shift))
+    perms = []
+    for _ in range(settings.n_rotations):
+        perm = np.arange(n)
+        for el in np.unique(z):
+            idx = np.flatnonzero(z == el)
+            perm[idx] = rng.permutation(idx)
+        perms.append(perm)
+        structures.append((z[perm], x[perm]))
+    dirs = rng.normal(size=(settings.n_directions, n, 3))
+    dirs /= np.linalg.norm(dirs.reshape(len(dirs), -1), axis=1)[:, None, None]
+    h = settings.fd_step_A
+    for d in dirs:
+        structures += [(z, x + h * d), (z, x - h * d)]
+    energies, forces = predict(potential, structures, batch_size=16)
+    _finite(mol.name, energies, *forces)
+    e0, f0 = energies[0], forces[0]
+    k = 1
+    rot_e = rot_f = perm_e = 0.0
+    for rot in rotations:
+        rot_e = max(rot_e, abs(energies[k] - e0))
+        rot_f = max(rot_f, float(np.abs(forces[k] - f0 @ rot.T).max()))
+        k += 1
+    for perm in perms:
+        perm_e = max(perm_e, abs(energies[k] - e0))
+        rot_f = max(rot_f, float(np.abs(forces[k] - f0[perm]).max()))
+        k += 1
+    fd = (energies[k::2] - energies[k + 1::2]) / (2 * h)
+    proj = -np.einsum("dij,ij->d", dirs, f0)
+    fd_rel = float(np.sqrt(np.mean((fd - proj) ** 2)) / max(np.sqrt(np.mean(proj ** 2)), 1e-3))
+    torque = float(np.linalg.norm(np.cross(x - x.mean(0), f0).sum(0)))
+    out: dict[str, float | None] = {
+        "rotation_energy_error_meV_per_atom": rot_e / n * 1000.0,
+        "force_rotation_error_eV_per_A": rot_f,
+        "permutation_energy_error_meV_per_atom": perm_e / n * 1000.0,
+        "fd_force_error_relative": fd_rel,
+        "net_torque_eV": torque,
+        "batch_force_error_eV_per_A": None if batched_forces is None else float(np.abs(batched_forces - f0).max()),
+    }
+    out.update(relax(potential, mol, settings))
+    return out
+
+
+def relax(potential: Potential, mol: Molecule, settings: SanitySettings) -> dict[str, float | None]:
+    """Relax the start geometry with BFGS on the candidate: RMSD to the start, steps, final max force."""
+    if settings.relax_steps == 0:
+        return {"relax_rmsd_A": None, "relax_max_force_eV_per_A": None, "relax_steps": 0.0}
+    atoms = mol.atoms.copy()
+    atoms.calc = PotentialCalculator(potential)
+    opt = BFGS(atoms, logfile=None, maxstep=0.1)
+    opt.run(fmax=settings.relax_fmax_eV_per_A, steps=settings.relax_steps)
+    fmax = float(np.abs(atoms.get_forces()).max())
+    _finite(mol.name, atoms.positions, np.array([fmax]))
+    return {"relax_rmsd_A": kabsch_rmsd_A(atoms.positions, mol.atoms.positions),
+            "relax_max_force_eV_per_A": fmax, "relax_steps": float(opt.nsteps)}
+
+
+def run_sanity(potential: Potential, molecules: list[Molecule],
+               settings: SanitySettings) -> tuple[dict[str, dict[str, float | None]], dict[str, list[CheckResult]]]:
+    """Measure every molecule and apply the sanity criteria.
+
+    Returns:
+        Per molecule: its figures, and its checks.
+
+    Raises:
+        ModelInterfaceError: the model returned non-finite values (a broken model).
+    """
+    rattled = []
+    for mol in molecules:
+        rng = np.random.default_rng([settings.seed, len(mol.atoms), *mol.atoms.numbers[:8]])
+        rattled.append((mol.atoms.numbers, mol.atoms.positions + rng.normal(scale=RATTLE_A, size=(len(mol.atoms), 3))))
+    # All molecules in one call: each molecule's forces must equal its forces alone.
+    _, batched = predict(potential, rattled, batch_size=len(rattled))
+    figures, checks = {}, {}
+    for mol, fb in zip(molecules, batched, strict=True):
+        figures[mol.name] = measure_molecule(potential, mol, settings, fb)
+        checks[mol.name] = [check(name, figures[mol.name].get(name), b, required=settings.required)
+                            for name in settings.criteria.model_fields
+                            if (b := enabled(settings.criteria, name)) is not None]
+    return figures, checks
