@@ -169,3 +169,19 @@ def test_validate_run_dir_reads_units_and_matches_explicit_units(tmp_path: Path,
         assert a[key] == b[key], key
     # The forces are in eV/Å once the unit is known: accuracy is measured, not a unit ratio off.
     assert a["accuracy"]["force_r2"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_fresh_spktrain_run_is_read_and_its_unit_detected(tmp_path: Path) -> None:
+    """``scripts/make_spk_run.py`` end to end (spktrain, 10 epochs): the new run folder is read like
+    the committed one, and its best_model without units is an Error naming kcal/mol.
+    """
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_spk_run.py"
+    subprocess.run([sys.executable, str(script), "--epochs", "10", "--out", str(tmp_path / "run"),
+                    "--workdir", str(tmp_path / "work")], check=True, capture_output=True, timeout=600)
+    assert read_training_run(tmp_path / "run").meta == SPK_META
+    line = error_line(invoke("validate", tmp_path / "run" / "best_model", "--out", tmp_path / "out"))
+    assert "looks like kcal/mol, not the declared eV" in line, line
