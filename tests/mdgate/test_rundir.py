@@ -139,12 +139,12 @@ def test_validate_run_dir_with_a_contradicting_option(tmp_path: Path) -> None:
     assert "data.property_units.energy = kcal/mol, but --energy-unit says energy_unit = eV" in line
 
 
-def short_config(tmp_path: Path, small_set) -> Path:
-    """The default config with 200 NVE steps of one replica on the small set, every other stage
-    (a section with ``enabled``) off.
+def short_config(tmp_path: Path, small_set, n_steps: int = 200) -> Path:
+    """The default config with ``n_steps`` NVE steps of one replica on the small set, every other
+    stage (a section with ``enabled``) off.
     """
     data = GateConfig().model_dump(mode="json")
-    data["md"].update(n_steps=200, n_replicas=1, device="cpu")
+    data["md"].update(n_steps=n_steps, n_replicas=1, device="cpu")
     for name, section in data.items():
         if name != "md" and isinstance(section, dict) and "enabled" in section:
             section["enabled"] = False

@@ -18,6 +18,7 @@ from mdgate.molecules import Molecule, ReferenceSet
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import SchnetpackPotential, load_module
 from mdgate.unitcheck import MAX_CURVATURE_EV_PER_A2, check_force_units, diagnose_force_units
+from tests.mdgate.test_rundir import short_config
 from tests.models import GOOD_MODEL, NaNModel, build_painn
 from tests.unit_models import KCAL_PER_MOL_PER_EV, ScaledModel
 
@@ -152,7 +153,6 @@ def test_validate_stops_before_md_with_exit_2(tmp_path: Path, small_set) -> None
     assert "looks like kcal/mol" in result.stderr and "--energy-unit kcal/mol" in result.stderr
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["verdict"] == "Error" and "kcal/mol" in res["reason"]
-    ok = CliRunner().invoke(app, ["validate", str(model), "--energy-unit", "kcal/mol", "--molecules",
-                                  str(small_set.molecules), "--reference", str(small_set.reference),
-                                  "--n-steps", "20", "--out", str(tmp_path / "ok")])
+    ok = CliRunner().invoke(app, ["validate", str(model), "--energy-unit", "kcal/mol", "--config",
+                                  str(short_config(tmp_path, small_set, n_steps=20)), "--out", str(tmp_path / "ok")])
     assert ok.exit_code in (0, 1), (ok.stdout, ok.stderr)
