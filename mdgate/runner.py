@@ -322,7 +322,8 @@ def failed_checks(molecules: list[MoleculeResult], accuracy: AccuracyResult | No
 
     def add_md(stage: str, mols: list[MoleculeResult]) -> None:
         for mol in mols:
-            for c in mol.checks:
+            # The detector that stopped a trajectory decides, not the completion it cut short.
+            for c in sorted(mol.checks, key=lambda c: c.name == "completion"):
                 bad = [r for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False]
                 temp = next((r.failure.temperature_K for r in bad if r.failure and r.failure.temperature_K
                              and stage == "stress"), None)
