@@ -13,8 +13,9 @@ errors are meaningful):
   optimal superposition) to the start geometry.
 
 A model that fails here is *Rejected* without paying for MD: it runs but is physically wrong. A
-model that raises or returns non-finite values here is *broken* (an Error, raised as
-:class:`~mdgate.errors.ModelInterfaceError`).
+model that raises here is *broken* (an Error, :class:`~mdgate.errors.ModelInterfaceError`). A
+model that returns NaN/inf is not judged here: the MD stages' ``finite`` check rejects it at its
+first step, with the step recorded, as before this stage existed.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 from ase.optimize import BFGS
 
 from mdgate.checks import check, enabled
+from mdgate.checkspec import CHECKS
 from mdgate.config import SanitySettings
-from mdgate.errors import ModelInterfaceError
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
 from mdgate.predict import PotentialCalculator, predict
@@ -32,6 +33,8 @@ from mdgate.results import CheckResult
 
 #: Rattle (Å, standard deviation) of the geometry the invariance and consistency checks use.
 RATTLE_A = 0.05
+#: Floor of the finite-difference check's denominator (eV/Å).
+FD_FLOOR_EV_PER_A = 0.1
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -52,9 +55,13 @@ def kabsch_rmsd_A(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((a0 @ rot - b0) ** 2, axis=1))))
 
 
+class NonFiniteOutput(ValueError):
+    """The model returned NaN/inf on a sanity structure."""
+
+
 def _finite(name: str, *arrays: np.ndarray) -> None:
     if not all(np.isfinite(a).all() for a in arrays):
-        raise ModelInterfaceError(f"model returned non-finite energies or forces for {name} before MD")
+        raise NonFiniteOutput(f"the model returned non-finite energies or forces for {name}")
 
 
 def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettings,
@@ -98,7 +105,9 @@ def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettin
         k += 1
     fd = (energies[k::2] - energies[k + 1::2]) / (2 * h)
     proj = -np.einsum("dij,ij->d", dirs, f0)
-    fd_rel = float(np.sqrt(np.mean((fd - proj) ** 2)) / max(np.sqrt(np.mean(proj ** 2)), 1e-3))
+    # Relative to the projected forces, with a floor of 0.1 eV/Å: a model with almost no forces
+    # (untrained) is not judged on float32 rounding of nothing.
+    fd_rel = float(np.sqrt(np.mean((fd - proj) ** 2)) / max(np.sqrt(np.mean(proj ** 2)), FD_FLOOR_EV_PER_A))
     torque = float(np.linalg.norm(np.cross(x - x.mean(0), f0).sum(0)))
     out: dict[str, float | None] = {
         "rotation_energy_error_meV_per_atom": rot_e / n * 1000.0,
@@ -133,8 +142,7 @@ def run_sanity(potential: Potential, molecules: list[Molecule],
     Returns:
         Per molecule: its figures, and its checks.
 
-    Raises:
-        ModelInterfaceError: the model returned non-finite values (a broken model).
+    A molecule on which the model returns NaN/inf gets unmeasured, informational checks.
     """
     rattled = []
     for mol in molecules:
@@ -144,7 +152,16 @@ def run_sanity(potential: Potential, molecules: list[Molecule],
     _, batched = predict(potential, rattled, batch_size=len(rattled))
     figures, checks = {}, {}
     for mol, fb in zip(molecules, batched, strict=True):
-        figures[mol.name] = measure_molecule(potential, mol, settings, fb)
+        try:
+            figures[mol.name] = measure_molecule(potential, mol, settings, fb)
+        except NonFiniteOutput as e:
+            figures[mol.name] = {}
+            checks[mol.name] = [CheckResult(name=name, value=None, unit=CHECKS[name].unit, bound=b.bound,
+                                            comparison=CHECKS[name].comparison, passed=None, required=False,
+                                            note=f"not measured: {e}; judged by the MD stages' finite check")
+                                for name in settings.criteria.model_fields
+                                if (b := enabled(settings.criteria, name)) is not None]
+            continue
         checks[mol.name] = [check(name, figures[mol.name].get(name), b, required=settings.required)
                             for name in settings.criteria.model_fields
                             if (b := enabled(settings.criteria, name)) is not None]

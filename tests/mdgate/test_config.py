@@ -89,3 +89,21 @@ def test_sha256_is_of_the_canonical_applied_config() -> None:
     assert a.sha256() == b.sha256() != c.sha256()
     canonical = json.dumps(a.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     assert a.sha256() == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_the_packaged_protocol_file_is_the_default() -> None:
+    """mdgate/data/protocol.yaml documents the defaults: it must load to exactly them."""
+    from mdgate.molecules import packaged_path
+
+    assert load_config(packaged_path("protocol.yaml")) == GateConfig()
+
+
+def test_every_stage_and_check_can_be_switched_and_bounded() -> None:
+    cfg = parse_config({"stress": {"enabled": False}, "sanity": {"required": False},
+                        "oracle": {"criteria": {"min_force_r2": {"bound": 0.8, "required": False}}},
+                        "criteria": {"min_distance_A": {"bound": 0.7, "enabled": False}}})
+    assert not cfg.stress.enabled and not cfg.sanity.required
+    assert cfg.oracle.criteria.min_force_r2.bound == 0.8
+    assert cfg.criteria.min_distance_A.enabled is False
+    with pytest.raises(ConfigError, match=r"stress\.criteria\.max_bond_deviation_AA.*unknown key"):
+        parse_config({"stress": {"criteria": {"max_bond_deviation_AA": {"bound": 1}}}})

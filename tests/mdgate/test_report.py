@@ -83,7 +83,7 @@ def table_under(parsed: Parsed, heading: str) -> Table:
 def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Path, small_set):
     """``validate`` of the untrained PaiNN on the small set, with its report written."""
     out = tmp_path_factory.mktemp("rejected")
-    cfg = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "device": "cpu"}, "molecules": str(small_set.molecules),
+    cfg = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "device": "cpu", "n_replicas": 1}, "molecules": str(small_set.molecules),
                         "reference": str(small_set.reference)}, "test")
     result = validate(untrained_model_path, cfg, ModelMeta(), out_dir=out)
     return result, cfg, out
@@ -151,7 +151,8 @@ def test_report_markdown_has_the_hand_made_reports_sections(rejected) -> None:
     # Each failing check is analysed under its own heading.
     for name in {f.split(": ")[1].split(" =")[0] for f in result.failed_checks}:
         assert levels.get(name) == 3, name
-    assert sorted(parsed.images) == sorted(f"plots/energy_{m.name}.png" for m in result.molecules)
+    assert sorted(parsed.images) == sorted([f"plots/energy_{m.name}.png" for m in result.molecules]
+                                           + [f"plots/stress_{m.name}.png" for m in result.stages["stress"].molecules])
 
 
 def test_report_tables_carry_the_measured_values(rejected) -> None:
@@ -203,7 +204,7 @@ def test_an_approved_report(tmp_path: Path) -> None:
     mols = [Molecule("tetra_c", tetrahedron("C4", rattle_A=0.01, seed=1)),
             Molecule("tetra_n", tetrahedron("C2N2", rattle_A=0.01, seed=2))]
     pot = MorsePairPotential()
-    molecules = run_md(pot, mols, config)  # type: ignore[arg-type]
+    molecules = [r.nve for r in run_md(pot, mols, config)]  # type: ignore[arg-type]
     result = assemble(model_info("morse.pt", pot, ModelMeta()), config, molecules, None,  # type: ignore[arg-type]
                       Timing(total_s=1.0, md_s=0.5))
     assert result.verdict == Verdict.APPROVED, result.failed_checks
