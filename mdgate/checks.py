@@ -234,18 +234,20 @@ def evaluate_trajectory(traj: Trajectory, criteria: Any, required: bool = True) 
     for name in ("max_energy_deviation_meV_per_atom", "total_drift_percent", "drift_over_kinetic_std"):
         if (b := enabled(criteria, name)) is not None:
             checks.append(check(name, metrics.get(name), b, required=required, **at_failure(name)))
-    stride = max(1, len(t) // 500)
-    series = {
-        "time_ps": [round(float(v), 6) for v in t[::stride]],
-        "e_tot_minus_e0_meV_per_atom": [
-            float(v) for v in ((e[::stride] - e[0]) * 1000.0 / n)] if e.size else [],
-        "temperature_K": [float(v) for v in np.asarray(traj.temperature_K)[::stride]],
-    }
+    # At most ~500 points per series for plots, always with the last record (where a failure is).
+    pick = np.unique(np.r_[np.arange(0, len(t), max(1, len(t) // 500)), len(t) - 1]) if len(t) else np.zeros(0, int)
+
+    def thin(values: list[float] | np.ndarray) -> list[float]:
+        arr = np.asarray(values, float)
+        return [float(v) for v in arr[pick]] if arr.size == len(t) else []
+
+    series = {"time_ps": [round(float(v), 6) for v in t[pick]], "temperature_K": thin(traj.temperature_K)}
     if traj.stage == "stress":
-        series["target_temperature_K"] = [float(v) for v in np.asarray(traj.target_temperature_K)[::stride]]
-        series["max_bond_deviation_A"] = [float(v) for v in np.asarray(traj.max_bond_deviation_A)[::stride]]
-        series["min_distance_A"] = [float(v) for v in np.asarray(traj.min_distance_A)[::stride]]
-        series.pop("e_tot_minus_e0_meV_per_atom")
+        series["target_temperature_K"] = thin(traj.target_temperature_K)
+        series["max_bond_deviation_A"] = thin(traj.max_bond_deviation_A)
+        series["min_distance_A"] = thin(traj.min_distance_A)
+    else:
+        series["e_tot_minus_e0_meV_per_atom"] = [float(v) for v in (e[pick] - e[0]) * 1000.0 / n] if e.size else []
     return ReplicaResult(replica=traj.replica, steps_done=traj.steps_done, failure=failure,
                          metrics=metrics, checks=checks, series=series)
 

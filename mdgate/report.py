@@ -100,6 +100,14 @@ def render_markdown(result: ValidationResult, plots: dict[str, str] | None = Non
         f"({fmt((md.get('timestep_fs') or 0) * (md.get('n_steps') or 0) / 1000)} ps), "
         f"{md.get('temperature_K')} K start, {md.get('n_replicas')} replica(s), seed {md.get('seed')}, "
         f"fail-fast {'on' if md.get('fail_fast') else 'off'}  ")
+    stages = [f"{n}" + ("" if st.required else " (informational)") for n, st in result.stages.items() if st.ran]
+    if stages:
+        add(f"**Protocol**: {' → '.join(stages)}  ")
+    stress = result.criteria.get("config", {}).get("stress", {})
+    if result.stages.get("stress") is not None and result.stages["stress"].ran:
+        add(f"**Heat stress**: Langevin NVT (BAOAB), {stress.get('start_temperature_K')} → "
+            f"{stress.get('end_temperature_K')} K over {stress.get('ramp_ps')} ps + {stress.get('hold_ps')} ps hold, "
+            f"{stress.get('n_replicas') or md.get('n_replicas')} replica(s), seed {stress.get('seed')}  ")
     add(f"**Criteria sha256**: `{result.criteria.get('sha256', '')[:16]}`  ")
     add(f"**Date**: {result.created_at}; device {result.timing.device} ({result.timing.model_call} model); "
         f"wall time {fmt(result.timing.total_s, 3)} s (MD {fmt(result.timing.md_s, 3)} s, "
@@ -194,6 +202,18 @@ def _summary_text(result: ValidationResult) -> str:
     who += ")"
     parts = [f"{who} was run in NVE molecular dynamics on {n_mol} molecules ({n_traj} trajectories); "
              f"{n_ok}/{n_traj} trajectories ran to the end."]
+    stress = result.stages.get("stress")
+    if stress is not None and stress.ran:
+        reps = [r for m in stress.molecules for r in m.replicas]
+        failed = [r.failure for r in reps if r.failure is not None]
+        text = f"Under heat stress {len(reps) - len(failed)}/{len(reps)} trajectories survived the ramp"
+        if failed:
+            first = min(failed, key=lambda f: f.time_ps)
+            text += (f"; the earliest failure ({first.check}) came at {fmt(first.time_ps)} ps, "
+                     f"{fmt(first.temperature_K)} K (target {fmt(first.target_temperature_K)} K)")
+        parts.append(text + ".")
+    if result.stages.get("sanity") is not None and result.stages["sanity"].passed is False:
+        parts.append("It failed the sanity checks before MD, so no MD was run.")
     acc = result.accuracy
     if acc is not None:
         if acc.applicable:
@@ -238,12 +258,14 @@ def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> N
         f"max force {fmt(s.get('max_force_eV_per_A'))} eV/Å ; max bond deviation "
         f"{fmt(s.get('max_bond_deviation_A'))} Å")
     add("")
-    add("| Check | Value (worst replica) | Bound | Status | Note |")
-    add("|---|---|---|---|---|")
+    add("| Check | Value (worst replica) | Replicas: mean ± std | Bound | Status | Note |")
+    add("|---|---|---|---|---|---|")
     for c in mol.checks:
         bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
         when = f" at {fmt(c.time_ps)} ps" if c.time_ps is not None else ""
-        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {bound} | {_status(c)} | {c.note or '-'} |")
+        st = mol.statistics.get(c.name)
+        spread = f"{fmt(st['mean'])} ± {fmt(st['std'], 2)}" if st and st.get("n", 0) > 1 else "-"
+        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {spread} | {bound} | {_status(c)} | {c.note or '-'} |")
     add("")
     add(f"**Verdict**: {'PASS' if mol.passed else 'FAIL'}")
     add("")
