@@ -50,8 +50,12 @@ def main() -> None:
     configure_threads(args.threads)
     sidecar = args.model.with_suffix(".json")
     meta = ModelMeta.model_validate(json.loads(sidecar.read_text())) if sidecar.is_file() else ModelMeta()
-    config = GateConfig.model_validate({"md": {"n_steps": args.steps, "device": args.device,
-                                               "threads": args.threads}})
+    # The NVE stage alone, one replica per molecule: the figure deployments/README.md scales from
+    # (benchmarks/protocol_time.py measures the whole default protocol).
+    config = GateConfig.model_validate({"md": {"n_steps": args.steps, "device": args.device, "n_replicas": 1,
+                                               "threads": args.threads},
+                                        "sanity": {"enabled": False}, "stress": {"enabled": False},
+                                        "oracle": {"enabled": False}})
     load_avg = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     inputs = load_inputs(args.model, config, meta, args.device)
@@ -59,7 +63,8 @@ def main() -> None:
     rows = []
     for mol in inputs.molecules:
         t, cpu = time.perf_counter(), time.process_time()
-        [res] = run_md(inputs.potential, [mol], config)
+        [run] = run_md(inputs.potential, [mol], config)
+        res = run.nve
         seconds, cpu_s = time.perf_counter() - t, time.process_time() - cpu
         steps = min(r.steps_done for r in res.replicas)
         atom_steps = sum(r.steps_done for r in res.replicas) * res.n_atoms

@@ -493,7 +493,8 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
     timing.ms_per_step = timing.md_s / steps * 1000 if steps else None
     timing.atom_steps_per_s = atom_steps / timing.md_s if timing.md_s > 0 and atom_steps else None
     timing.model_call = getattr(pot, "model_call", "eager")
-    return assemble(model_info(source, pot, meta), config, molecules, accuracy, timing, stages)
+    return stage("verdict", lambda: assemble(model_info(source, pot, meta), config, molecules, accuracy, timing,
+                                             stages))
 
 
 def _md_stage(stage: Stage, mols: list[MoleculeResult], required: bool, ran: bool, seconds: float,

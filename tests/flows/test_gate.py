@@ -171,7 +171,7 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
     assert set(md_tasks) == {"md-ethanol", "md-malonaldehyde"}
     assert all("mdgate-gpu" in t.tags and t.state.is_completed() for t in md_tasks.values())
     steps = {t.name.split("-")[0] for t in tasks}
-    assert steps >= {"claim", "fetch", "load", "accuracy", "verdict", "report", "publish"}
+    assert steps >= {"claim", "fetch", "load", "sanity", "accuracy", "oracle", "verdict", "report", "publish"}
     kinds = {a.type: a for a in artifacts}
     assert set(kinds) == {"markdown", "table", "progress"}
     assert kinds["markdown"].key.endswith("-report") and "APPROVED FOR MD" in kinds["markdown"].data
