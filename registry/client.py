@@ -43,7 +43,7 @@ from registry.errors import (
     TransientRegistryError,
     VersionNotFoundError,
 )
-from registry.summary import description_markdown
+from registry.summary import description_markdown, verdict_tags
 from registry.types import Claim, ClaimOutcome, Publication, Status, VersionInfo, parse_time, utcnow
 
 TRANSIENT_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
@@ -362,6 +362,7 @@ class Registry:
             T.FLOW_RUN: claim.flow_run or "", T.CRITERIA_SHA256: criteria_sha256,
             **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
         }
+        self.set_figure_tags(info, result)
         self.set_tags(claim.name, claim.version, tags)
         # The status last; the lease stays until then, so a gate that dies before this line
         # leaves the version Running with its lease, which runs out: the sweep gates it again.
@@ -381,11 +382,12 @@ class Registry:
         """
         if result.verdict != Verdict.ERROR:
             raise ValueError("only an Error is published without a report")
-        self.check_claim(claim)
+        info = self.check_claim(claim)
         with translate_errors(f"clearing the report tags of {claim.name}/{claim.version}"):
             for key in (T.REPORT, T.VALIDATION_RUN):
                 with contextlib.suppress(MlflowException):  # absent: nothing to clear
                     self.client.delete_model_version_tag(claim.name, claim.version, key)
+        self.set_figure_tags(info, result)
         self.set_tags(claim.name, claim.version, {
             T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "",
             T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
@@ -394,6 +396,18 @@ class Registry:
         self._release(claim)
         alias = self.update_alias(claim.name)
         return Publication(run_id="", run_url="", report_uri="", status=Status.ERROR, alias_version=alias)
+
+    def set_figure_tags(self, info: VersionInfo, result: ValidationResult) -> None:
+        """Write the verdict's searchable figures (:func:`registry.summary.verdict_tags`) and
+        remove those this verdict has none of, so that a re-gate leaves no stale figure behind.
+        """
+        with translate_errors(f"tagging {info.name}/{info.version}"):
+            for key, value in verdict_tags(result).items():
+                if value is not None:
+                    self.client.set_model_version_tag(info.name, info.version, key, value)
+                elif key in info.tags:
+                    with contextlib.suppress(MlflowException):  # removed meanwhile
+                        self.client.delete_model_version_tag(info.name, info.version, key)
 
     def _release(self, claim: Claim) -> None:
         with translate_errors(f"releasing the lease of {claim.name}/{claim.version}"):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mdgate.report import fmt
 from mdgate.results import ValidationResult
+from registry import types as T
 from registry.types import DESCRIPTION_MARKER
+
+#: The NVE check whose worst value is ``mdgate.worst_drift_meV_per_atom_per_ps``.
+DRIFT_CHECK = "drift_slope_meV_per_atom_per_ps"
 
 #: (column, summary key) of the per-molecule table.
 COLUMNS = [
@@ -73,3 +78,60 @@ def description_markdown(previous: str, result: ValidationResult, run_url: str, 
         f"[Validation run]({run_url}) · report `{report_uri}` · criteria `{sha}` · {result.created_at}",
     ])
     return f"{own}\n\n{section}" if own else section
+
+
+def decimal(value: float | None, places: int = 4) -> str | None:
+    """``value`` as a plain decimal string with ``places`` decimals (``0.9731``, ``12.5000``,
+    ``-3.2100``; never an exponent), or ``None`` when it is missing or not finite.
+    """
+    if value is None or not math.isfinite(value):
+        return None
+    text = f"{value:.{places}f}"
+    return "0." + "0" * places if text == "-0." + "0" * places else text
+
+
+def min_time_to_failure_ps(result: ValidationResult) -> float | None:
+    """The shortest time to failure over the stress stage's replicas; the stage's full length
+    (steps × time step) when no replica failed; ``None`` when the stage did not run.
+    """
+    stage = result.stages.get("stress")
+    if stage is None or not stage.ran or not stage.molecules:
+        return None
+    failed = [r.metrics.get("time_to_failure_ps") for m in stage.molecules for r in m.replicas]
+    failed = [t for t in failed if t is not None]
+    if failed:
+        return min(failed)
+    dt_fs = stage.settings.get("timestep_fs")
+    if dt_fs is None:
+        return None
+    return max(m.steps_asked for m in stage.molecules) * float(dt_fs) * 1e-3
+
+
+def verdict_tags(result: ValidationResult) -> dict[str, str | None]:
+    """The version tags a consumer filters on, from one verdict: ``None`` means remove the tag.
+
+    ``mdgate.force_r2`` (reference set, when the accuracy check applies),
+    ``mdgate.oracle_force_r2`` (on-trajectory oracle, all molecules), ``mdgate.worst_drift_...``
+    (largest |drift slope| over the NVE molecules), ``mdgate.min_time_to_failure_ps`` (see
+    :func:`min_time_to_failure_ps`), ``mdgate.decided_by`` (``stage/check`` of a rejection), and
+    ``mdgate.n_parameters`` / ``mdgate.parent`` when the gate knows them (else the registration's
+    tags stay as they are).
+    """
+    acc = result.accuracy
+    oracle = result.stages.get("oracle")
+    oracle_r2 = None
+    if oracle is not None and oracle.ran:
+        oracle_r2 = (oracle.per_molecule.get("all") or {}).get("force_r2")
+    drifts = [c.value for m in result.molecules for c in m.checks if c.name == DRIFT_CHECK and c.value is not None]
+    tags: dict[str, str | None] = {
+        T.FORCE_R2: decimal(acc.force_r2) if acc is not None and acc.applicable else None,
+        T.ORACLE_FORCE_R2: decimal(oracle_r2),
+        T.WORST_DRIFT: decimal(max(drifts)) if drifts else None,
+        T.MIN_TIME_TO_FAILURE: decimal(min_time_to_failure_ps(result)),
+        T.DECIDED_BY: result.decided_by or None,
+    }
+    if result.model.n_parameters is not None:
+        tags[T.N_PARAMETERS] = str(result.model.n_parameters)
+    if result.model.parent:
+        tags[T.PARENT] = result.model.parent
+    return tags

@@ -18,6 +18,12 @@ VALIDATION_RUN = "mdgate.validation_run"
 FLOW_RUN = "mdgate.flow_run"
 CRITERIA_SHA256 = "mdgate.criteria_sha256"
 UPDATED_AT = "mdgate.updated_at"
+# Figures of the verdict, for searching (written on publishing; plain decimal strings).
+FORCE_R2 = "mdgate.force_r2"
+ORACLE_FORCE_R2 = "mdgate.oracle_force_r2"
+WORST_DRIFT = "mdgate.worst_drift_meV_per_atom_per_ps"
+MIN_TIME_TO_FAILURE = "mdgate.min_time_to_failure_ps"
+DECIDED_BY = "mdgate.decided_by"
 # The lease of a Running version: claim generation and expiry (ISO 8601, UTC).
 CLAIM = "mdgate.claim"
 LEASE_EXPIRES_AT = "mdgate.lease_expires_at"

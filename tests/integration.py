@@ -104,6 +104,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory, gate_config: Path) -> Iterat
                 os.environ[k] = v
 
 
+@dataclass
+class MlflowOnly:
+    """An MLflow server with no Prefect server beside it."""
+
+    tracking_uri: str
+    home: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowOnly]:
+    """``mlflow server`` alone on a free port of 127.0.0.1 (SQLite, proxied artifacts), for
+    one-off gating and tag searches; the test process environment is left as it is.
+    """
+    from flows.servers import free_port, start_mlflow_server
+
+    home = tmp_path_factory.mktemp("mlflow-only")
+    server = start_mlflow_server(home / "mlflow", port=free_port())
+    try:
+        server.wait_up(180)
+        yield MlflowOnly(server.url, home)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def registry(stack: Stack) -> Any:
     """The registry adapter on the session's MLflow server."""
