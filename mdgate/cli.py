@@ -254,23 +254,29 @@ def gate(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Model version.")],
     force: Annotated[bool, typer.Option("--force", help="Gate again even if the version has a verdict.")] = False,
+    local: Annotated[bool | None, typer.Option(
+        "--local/--server",
+        help="--local: in this process with Prefect's temporary local server, even when a Prefect server "
+             "answers. --server: only through the Prefect server (exit 2 when it does not answer). "
+             "Neither: the server when it answers, else local.")] = None,
     config: Annotated[Path | None, typer.Option(help="Gate config YAML [default: MDGATE_CONFIG, else packaged].")] = None,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
-    """Gate one registered version now, through the Prefect flow; exit 0 Approved, 1 Rejected, 2 error."""
+    """Gate one registered version now; exit 0 Approved, 1 Rejected, 2 error.
+
+    Runs the gate flow through the Prefect server at MDGATE_PREFECT_API_URL (else PREFECT_API_URL,
+    default http://127.0.0.1:4200/api) when it answers, else in this process with Prefect's
+    temporary local server: no standing Prefect server is needed, only MLflow. Same states,
+    report and registry result either way.
+    """
     settings = _gate_settings(config)
-    from flows.servers import is_up
+    from flows.oneoff import choose, gate_once
     from registry import Registry, RegistryError, Status
 
-    if not is_up(settings.prefect_api_url.rstrip("/") + "/health"):
-        raise fail(f"Prefect API at {settings.prefect_api_url} does not answer; run `mdgate serve` "
-                   "or set PREFECT_API_URL")
-    from flows.gate import gate_model_version
-
     try:
-        config_path = str(settings.config) if settings.config else None
-        state = gate_model_version(name=name, version=version, force=force, config=config_path,
-                                   return_state=True)
+        choice = choose(settings, local)
+        typer.echo(f"gating {name} v{version} {choice.why}", err=True)
+        state = gate_once(settings, choice.mode, name, version, force)
         typer.echo(f"{state.name}: {state.message or ''}")
         verdict = state.name
         if verdict == "Skipped":
