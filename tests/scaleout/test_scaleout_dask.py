@@ -28,6 +28,7 @@ import yaml
 from ase.io import write
 
 from tests.integration import REPO_ROOT, ModelFile, Stack, flow_runs_named, record_timing
+from tests.models import QUICK_STAGES
 
 pytestmark = pytest.mark.integration
 NO_DASK = "the dask extra is not installed: pip install -e '.[dask]'"
@@ -56,6 +57,7 @@ def eight_molecules(tmp_path_factory: pytest.TempPathFactory, packaged_molecules
     write(folder / "reference.extxyz", frames)
     config = folder / "gate.yaml"
     config.write_text(yaml.safe_dump({
+        **QUICK_STAGES,
         "md": {"n_steps": STEPS, "n_replicas": 1, "record_every": 10, "device": "cpu"},
         # A linear fit over a fraction of a ps measures fluctuations, not drift: informational here.
         "criteria": {"drift_slope_meV_per_atom_per_ps": {"bound": 0.5, "required": False}},
