@@ -400,10 +400,12 @@ class Registry:
     def set_figure_tags(self, info: VersionInfo, result: ValidationResult) -> None:
         """Write the verdict's searchable figures (:func:`registry.summary.verdict_tags`) and
         remove those this verdict has none of, so that a re-gate leaves no stale figure behind.
+        Tags that already hold the value (``mdgate.n_parameters`` from registration) are not
+        written again.
         """
         with translate_errors(f"tagging {info.name}/{info.version}"):
             for key, value in verdict_tags(result).items():
-                if value is not None:
+                if value is not None and info.tags.get(key) != value:
                     self.client.set_model_version_tag(info.name, info.version, key, value)
                 elif key in info.tags:
                     with contextlib.suppress(MlflowException):  # removed meanwhile

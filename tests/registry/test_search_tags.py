@@ -90,14 +90,13 @@ def publish(registry: Registry, name: str, version: str, res: ValidationResult, 
 
 
 @pytest.mark.integration
-def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, bad_model_bytes: bytes,
-                                              tmp_path: Path) -> None:
+def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path: Path) -> None:
     registry = Registry(mlflow_only.tracking_uri)
     report = tmp_path / "report"
     report.mkdir()
     (report / "report.md").write_text("# report\n")
     name = "painn-student"
-    v_ok, v_stress, v_acc, v_old = (plain_version(registry, name, {"model.pt": bad_model_bytes}) for _ in range(4))
+    v_ok, v_stress, v_acc, v_old = (plain_version(registry, name, {"model.pt": b"never loaded"}) for _ in range(4))
     publish(registry, name, v_ok, result(r2=0.9931, drifts=(0.02, 0.031)), report)
     publish(registry, name, v_stress, result(Verdict.REJECTED, failures=(0.0425,),
                                              decided_by="stress/max_bond_deviation_A"), report)
@@ -142,8 +141,3 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, bad_model
     assert tags[T.STATUS] == "Approved" and tags[T.MIN_TIME_TO_FAILURE] == "0.1000"
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
 
-
-@pytest.fixture(scope="session")
-def bad_model_bytes(untrained_model_path: Path) -> bytes:
-    """Any model file: the versions of this test are never loaded."""
-    return untrained_model_path.read_bytes()
