@@ -83,8 +83,8 @@ def table_under(parsed: Parsed, heading: str) -> Table:
 def rejected(tmp_path_factory: pytest.TempPathFactory, untrained_model_path: Path, small_set):
     """``validate`` of the untrained PaiNN on the small set, with its report written."""
     out = tmp_path_factory.mktemp("rejected")
-    cfg = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "device": "cpu", "n_replicas": 1}, "molecules": str(small_set.molecules),
-                        "reference": str(small_set.reference)}, "test")
+    cfg = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "device": "cpu", "n_replicas": 1},
+                        "molecules": str(small_set.molecules), "reference": str(small_set.reference)}, "test")
     result = validate(untrained_model_path, cfg, ModelMeta(), out_dir=out)
     return result, cfg, out
 
