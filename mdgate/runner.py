@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mdgate import __version__
-from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule, worst_checks
+from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule
 from mdgate.checkspec import Stage
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
@@ -34,8 +34,6 @@ from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
 from mdgate.predict import predict_atoms
 from mdgate.results import (
     AccuracyResult,
-    CheckResult,
-    FailedCheck,
     ModelInfo,
     MoleculeResult,
     StageResult,
@@ -43,6 +41,7 @@ from mdgate.results import (
     ValidationResult,
     Verdict,
 )
+from mdgate.verdict import decide, failed_checks, md_stage_result, stage_result
 
 ProgressFn = Callable[[str, int, int, bool], None]
 """``progress(molecule, step, n_steps, running)``."""
@@ -256,7 +255,7 @@ def run_sanity_stage(potential: SchnetpackPotential, molecules: list[Molecule], 
     st = config.sanity
     t0 = time.perf_counter()
     figures, checks = run_sanity(potential, molecules, st)
-    return _stage(Stage.SANITY, st.required, list(checks.values()), time.perf_counter() - t0,
+    return stage_result(Stage.SANITY, st.required, list(checks.values()), time.perf_counter() - t0,
                   settings=st.model_dump(mode="json", exclude={"criteria"}), per_molecule=figures,
                   by_molecule=checks)
 
@@ -289,89 +288,8 @@ def run_oracle_stage(potential: SchnetpackPotential, frames: list[Frame], config
         checks = [c.model_copy(update={"passed": None, "required": False, "note": "not applicable"}) for c in checks]
     per = {g: {k: v for k, v in m.items()} for g, m in res["groups"].items()}
     per["all"] = dict(overall)
-    return _stage(Stage.ORACLE, st.required, [checks], time.perf_counter() - t0, settings=settings,
+    return stage_result(Stage.ORACLE, st.required, [checks], time.perf_counter() - t0, settings=settings,
                   per_molecule=per, note=note, oracle=oracle.name)
-
-
-def _stage(stage: Stage, required: bool, groups: list[list[CheckResult]], seconds: float,
-           by_molecule: dict[str, list[CheckResult]] | None = None, **kw: Any) -> StageResult:
-    checks = worst_checks(groups)
-    failed = any(c.required and c.passed is False for c in checks)
-    has_required = any(c.required for c in checks)
-    result = StageResult(stage=stage, ran=True, required=required, seconds=seconds, checks=checks,
-                         passed=(not failed) if has_required else None, **kw)
-    if by_molecule is not None:
-        result.molecule_checks = by_molecule
-    return result
-
-
-def failed_checks(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
-                  stages: dict[str, StageResult] | None = None) -> list[FailedCheck]:
-    """Every failed required check as a record, in protocol order (sanity, NVE, accuracy,
-    stress, oracle): the first one decides.
-    """
-    stages = stages or {}
-    out: list[FailedCheck] = []
-
-    def add(stage: str, where: str, c: CheckResult, n_failed: int = 1, n_total: int = 1,
-            temperature_K: float | None = None) -> None:
-        if c.required and c.passed is False:
-            out.append(FailedCheck(stage=stage, where=where, check=c.name, value=c.value, unit=c.unit, bound=c.bound,
-                                   comparison=c.comparison, n_failed=n_failed, n_total=n_total, time_ps=c.time_ps,
-                                   temperature_K=temperature_K))
-
-    def add_md(stage: str, mols: list[MoleculeResult]) -> None:
-        for mol in mols:
-            # The detector that stopped a trajectory decides, not the completion it cut short.
-            for c in sorted(mol.checks, key=lambda c: c.name == "completion"):
-                bad = [r for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False]
-                temp = next((r.failure.temperature_K for r in bad if r.failure and r.failure.temperature_K
-                             and stage == "stress"), None)
-                add(stage, mol.name, c, len(bad), len(mol.replicas), temp)
-
-    sanity = stages.get(Stage.SANITY)
-    if sanity is not None:
-        for mol, checks in sanity.molecule_checks.items():
-            for c in checks:
-                add("sanity", mol, c)
-    add_md("nve", molecules)
-    if accuracy is not None:
-        for c in accuracy.checks:
-            add("accuracy", "all", c)
-    if (stress := stages.get(Stage.STRESS)) is not None:
-        add_md("stress", stress.molecules)
-    if (oracle := stages.get(Stage.ORACLE)) is not None:
-        for c in oracle.checks:
-            add("oracle", "all", c)
-    return out
-
-
-def decide(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
-           stages: dict[str, StageResult] | None = None) -> tuple[Verdict, str, list[str]]:
-    """Approved only when every required check of every stage passes on every molecule and replica.
-
-    Returns:
-        The verdict, its one-line reason (naming the stage and check that decided) and the
-        failed checks as lines.
-    """
-    failures = failed_checks(molecules, accuracy, stages)
-    lines = [f.line() for f in failures]
-    if failures:
-        names = list(dict.fromkeys(f"{f.stage}/{f.check}" for f in failures))
-        first = failures[0]
-        reason = (f"rejected by the {first.stage} stage: {lines[0]}; {len(failures)} required checks failed "
-                  f"({', '.join(names)})")
-        return Verdict.REJECTED, reason, lines
-    n = sum(len(m.replicas) for m in molecules)
-    ran = [s for s in (stages or {}) if (stages or {})[s].ran]
-    acc = f", force R² {accuracy.force_r2:.4f}" if accuracy is not None and accuracy.applicable else ""
-    oracle = (stages or {}).get(Stage.ORACLE)
-    if oracle is not None and oracle.ran and "all" in oracle.per_molecule:
-        acc += f", on-trajectory force R² {oracle.per_molecule['all'].get('force_r2') or float('nan'):.4f}"
-    n_mol = len(molecules) or max((len(s.molecules) for s in (stages or {}).values()), default=0)
-    stage_list = f" ({', '.join(ran)})" if ran else ""
-    return (Verdict.APPROVED, f"all required checks passed on {n_mol} molecules ({n} NVE trajectories)"
-            f"{stage_list}{acc}", lines)
 
 
 def _fmt(x: float | None) -> str:
@@ -468,10 +386,10 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
     timing.md_s = time.perf_counter() - t_md
     molecules = [r.nve for r in runs if r.nve is not None]
     skipped = "skipped: the model failed the required sanity checks" if sanity_failed else "disabled"
-    stages[Stage.NVE] = _md_stage(Stage.NVE, molecules, True, config.md.enabled and not sanity_failed,
+    stages[Stage.NVE] = md_stage_result(Stage.NVE, molecules, True, config.md.enabled and not sanity_failed,
                                   timing.md_s, config.md.model_dump(mode="json"), skipped)
     stress = [r.stress for r in runs if r.stress is not None]
-    stages[Stage.STRESS] = _md_stage(Stage.STRESS, stress, config.stress.required,
+    stages[Stage.STRESS] = md_stage_result(Stage.STRESS, stress, config.stress.required,
                                      config.stress.enabled and not sanity_failed, 0.0,
                                      config.stress.model_dump(mode="json", exclude={"criteria"}), skipped)
     accuracy = None
@@ -495,17 +413,6 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
     timing.model_call = getattr(pot, "model_call", "eager")
     return stage("verdict", lambda: assemble(model_info(source, pot, meta), config, molecules, accuracy, timing,
                                              stages))
-
-
-def _md_stage(stage: Stage, mols: list[MoleculeResult], required: bool, ran: bool, seconds: float,
-              settings: dict, skipped: str) -> StageResult:
-    if not ran:
-        return StageResult(stage=stage, ran=False, required=required, note=skipped, settings=settings)
-    res = _stage(stage, required, [m.checks for m in mols], seconds, settings=settings)
-    if stage == Stage.STRESS:
-        res.molecules = mols
-        res.note = "NVE and stress trajectories advance in one batch: seconds are counted under NVE"
-    return res
 
 
 def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = None,
