@@ -97,8 +97,7 @@ def min_time_to_failure_ps(result: ValidationResult) -> float | None:
     stage = result.stages.get("stress")
     if stage is None or not stage.ran or not stage.molecules:
         return None
-    failed = [r.metrics.get("time_to_failure_ps") for m in stage.molecules for r in m.replicas]
-    failed = [t for t in failed if t is not None]
+    failed = [t for m in stage.molecules for r in m.replicas if (t := r.metrics.get("time_to_failure_ps")) is not None]
     if failed:
         return min(failed)
     dt_fs = stage.settings.get("timestep_fs")
