@@ -172,7 +172,7 @@ def test_report_tables_carry_the_measured_values(rejected) -> None:
         assert row[-1] == ("PASS" if mol.passed else "FAIL")
     for mol in result.molecules:
         checks = table_under(parsed, mol.name)
-        assert checks.header == ["Check", "Value (worst replica)", "Bound", "Status", "Note"]
+        assert checks.header == ["Check", "Value (worst replica)", "Replicas: mean ± std", "Bound", "Status", "Note"]
         assert [r[0] for r in checks.rows] == [c.name for c in mol.checks]
     acc = table_under(parsed, "Accuracy on the Reference Set")
     assert acc.rows[-1][0] == "**all**" and acc.rows[-1][1] == "40"
