@@ -405,8 +405,9 @@ class Registry:
         """
         with translate_errors(f"tagging {info.name}/{info.version}"):
             for key, value in verdict_tags(result).items():
-                if value is not None and info.tags.get(key) != value:
-                    self.client.set_model_version_tag(info.name, info.version, key, value)
+                if value is not None:
+                    if info.tags.get(key) != value:
+                        self.client.set_model_version_tag(info.name, info.version, key, value)
                 elif key in info.tags:
                     with contextlib.suppress(MlflowException):  # removed meanwhile
                         self.client.delete_model_version_tag(info.name, info.version, key)

@@ -139,5 +139,6 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     tags = registry.get_version(name, v_stress).tags
     assert T.DECIDED_BY not in tags and T.FORCE_R2 not in tags and T.ORACLE_FORCE_R2 not in tags
     assert tags[T.STATUS] == "Approved" and tags[T.MIN_TIME_TO_FAILURE] == "0.1000"
+    assert tags[T.N_PARAMETERS] == "44353" and tags[T.PARENT] == "painn-teacher/3"  # unchanged: kept
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
 
