@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from flows.settings import SWEEP_FLOW, load_settings
 from flows.webhook import sign
-from mdgate.cli import app
+from flows.cli import app
 from mdgate.config import load_config
 from registry import Registry, Status
 from registry import types as T

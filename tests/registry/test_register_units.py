@@ -12,7 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
-from mdgate.cli import app
+from flows.cli import app
 from mdgate.errors import UnitMismatchError
 from registry import Registry, Status
 from registry import types as T

@@ -1,0 +1,132 @@
+"""Claims: the lease a gate holds on a version while it runs.
+
+The status tag is the lease. A claim is made race-safe by an atomic create: claim number ``g``
+of a version is the MLflow experiment ``mdgate-claims/<name>/v<version>/<g>``, and experiment
+names are unique in MLflow's SQL store, so of any number of gates that read the same state and
+try to claim, exactly one succeeds. The experiment is deleted at once (its name stays taken).
+
+The claim's tags are separate writes, so a gate may read a version while another gate is
+writing its claim: the claim number is written after the status (Running, with its lease), so a
+reader that sees the new number also sees a live lease and backs off, and one that sees the old
+number tries the same lock and loses. The flow run is written last: whoever finds its own flow
+run there also finds the claim number it adopts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import timedelta
+
+from mlflow.exceptions import MlflowException
+
+from registry import types as T
+from registry.base import RegistryBase, iso, translate_errors
+from registry.errors import LeaseLostError, PermanentRegistryError, RegistryError
+from registry.types import Claim, ClaimOutcome, Status, VersionInfo, utcnow
+
+CLAIM_EXPERIMENT = "mdgate-claims/{name}/v{version}/{generation}"
+
+
+class ClaimsMixin(RegistryBase):
+    """Claims and leases of versions being gated."""
+
+    def claim(self, name: str, version: str, lease_s: float, flow_run: str | None = None,
+              force: bool = False, queued: bool = False) -> ClaimOutcome:
+        """Take the lease on a version (status → Running) for ``flow_run``, or say why not.
+
+        A trigger that has just created a gate run claims the version for that run (``queued``),
+        so the version is Running within seconds of its registration; the run then adopts the
+        claim (same ``flow_run``) when it starts, and renews the lease.
+
+        Refused when the version already has a verdict (unless ``force``) or is Running with a
+        live lease held by another flow run (even with ``force``), or when another gate claimed
+        it first.
+        """
+        info = self.get_version(name, version)
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        running = info.status == Status.RUNNING
+        if running and flow_run and info.flow_run != flow_run and not info.lease_expired(now, lease_s):
+            time.sleep(0.5)  # a trigger may be writing its claim for this very run: look once more
+            info = self.get_version(name, version)
+            running = info.status == Status.RUNNING
+        if running and flow_run and info.flow_run == flow_run and info.claim > 0:
+            self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
+                                          T.REASON: f"gate running (flow run {flow_run})"})
+            return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=info.claim,
+                                            flow_run=flow_run, lease_s=lease_s, expires_at=expires),
+                                status=Status.RUNNING)
+        if running and not info.lease_expired(now, lease_s):
+            until = iso(info.lease_expires_at) if info.lease_expires_at else "?"
+            return ClaimOutcome(status=info.status, reason=f"already Running (flow run {info.flow_run}, "
+                                                           f"lease until {until})")
+        if info.status is not None and info.status.is_final and not force:
+            return ClaimOutcome(status=info.status, reason=f"already {info.status.value}")
+        generation = info.claim + 1
+        while not self._take_lock(name, version, generation):
+            if not self._lock_abandoned(name, version, generation, lease_s):
+                return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
+            generation += 1  # its gate died before writing it to the version: take the next one
+        what = "gate queued" if queued else "gate running"
+        # In this order (module docstring): a reader never sees the new claim number without a
+        # live Running lease, nor its own flow run without the new claim number.
+        self.set_tags(name, version, {
+            T.LEASE_EXPIRES_AT: iso(expires), T.REASON: what + (f" (flow run {flow_run})" if flow_run else ""),
+            T.UPDATED_AT: iso(now), T.STATUS: Status.RUNNING.value, T.CLAIM: str(generation),
+            T.FLOW_RUN: flow_run or "",
+        })
+        return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
+                                        flow_run=flow_run, lease_s=lease_s, expires_at=expires),
+                            status=Status.RUNNING)
+
+    def _lock_abandoned(self, name: str, version: str, generation: int, lease_s: float) -> bool:
+        """Was claim ``generation``, which the version does not show, taken more than a lease
+        ago? Then its gate died between taking it and writing it, and the next claim is free to
+        take (a live gate writes its claim within moments of taking it).
+        """
+        lock = CLAIM_EXPERIMENT.format(name=name, version=version, generation=generation)
+        with translate_errors(f"reading claim {generation} of {name}/{version}"):
+            experiment = self.client.get_experiment_by_name(lock)  # deleted ones too
+        if experiment is None or not experiment.creation_time:
+            return False
+        return time.time() - experiment.creation_time / 1000 > lease_s
+
+    def _take_lock(self, name: str, version: str, generation: int) -> bool:
+        lock = CLAIM_EXPERIMENT.format(name=name, version=version, generation=generation)
+        try:
+            with translate_errors(f"claiming {name}/{version}"):
+                experiment_id = self.client.create_experiment(lock, tags={"mdgate.lock": "true"})
+        except PermanentRegistryError as e:
+            cause = e.__cause__
+            if isinstance(cause, MlflowException) and cause.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+        with contextlib.suppress(RegistryError), translate_errors("hiding the claim"):
+            self.client.delete_experiment(experiment_id)
+        return True
+
+    def check_claim(self, claim: Claim) -> VersionInfo:
+        """The version, if ``claim`` still holds it.
+
+        Raises:
+            LeaseLostError: another gate claimed the version since.
+        """
+        info = self.get_version(claim.name, claim.version)
+        if info.claim != claim.generation or info.status != Status.RUNNING:
+            raise LeaseLostError(
+                f"{claim.name}/{claim.version}: claim {claim.generation} lost (now claim {info.claim}, "
+                f"status {info.status.value if info.status else 'none'})"
+            )
+        return info
+
+    def renew(self, claim: Claim) -> Claim:
+        """Extend the lease of a claim that still holds its version.
+
+        Raises:
+            LeaseLostError: another gate claimed the version since.
+        """
+        self.check_claim(claim)
+        expires = utcnow() + timedelta(seconds=claim.lease_s)
+        self.set_tags(claim.name, claim.version, {T.LEASE_EXPIRES_AT: iso(expires)})
+        return claim.model_copy(update={"expires_at": expires})
