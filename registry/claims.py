@@ -21,15 +21,18 @@ from datetime import timedelta
 from mlflow.exceptions import MlflowException
 
 from registry import types as T
-from registry.base import RegistryBase, iso, translate_errors
+from registry.audit import AuditMixin
+from registry.base import iso, translate_errors
 from registry.errors import LeaseLostError, PermanentRegistryError, RegistryError
-from registry.types import Claim, ClaimOutcome, Status, VersionInfo, utcnow
+from registry.types import AuditEvent, Claim, ClaimOutcome, EventKind, Status, VersionInfo, utcnow
 
 CLAIM_EXPERIMENT = "mdgate-claims/{name}/v{version}/{generation}"
 
 
-class ClaimsMixin(RegistryBase):
-    """Claims and leases of versions being gated."""
+class ClaimsMixin(AuditMixin):
+    """Claims and leases of versions being gated; a forced claim of a version that had an
+    outcome is a re-gate, recorded in the audit trail.
+    """
 
     def claim(self, name: str, version: str, lease_s: float, flow_run: str | None = None,
               force: bool = False, queued: bool = False) -> ClaimOutcome:
@@ -76,6 +79,11 @@ class ClaimsMixin(RegistryBase):
             T.UPDATED_AT: iso(now), T.STATUS: Status.RUNNING.value, T.CLAIM: str(generation),
             T.FLOW_RUN: flow_run or "",
         })
+        if info.status is not None and info.status.is_final:
+            self.record(AuditEvent(model=name, version=str(version), kind=EventKind.REGATE,
+                                   status=Status.RUNNING.value, flow_run=flow_run or "",
+                                   criteria_sha256=info.criteria_sha256 or "",
+                                   reason=f"gated again (was {info.status.value}: {info.reason})"))
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
                             status=Status.RUNNING)

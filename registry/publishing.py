@@ -14,18 +14,30 @@ from mdgate.results import ValidationResult, Verdict
 from registry import types as T
 from registry.base import gist, iso, num, one_line, quote, translate_errors
 from registry.claims import ClaimsMixin
-from registry.errors import ArtifactStoreError, TransientRegistryError
+from registry.errors import ArtifactStoreError, PermanentRegistryError, TransientRegistryError
 from registry.summary import description_markdown, verdict_tags
-from registry.types import Claim, Publication, Status, VersionInfo, utcnow
+from registry.types import AUTOMATIC, AuditEvent, Claim, EventKind, Publication, Status, VersionInfo, utcnow
 
 
 class PublishingMixin(ClaimsMixin):
     """Store verdicts on versions and keep the ``approved`` alias on the newest Approved one."""
 
     def publish(self, claim: Claim, result: ValidationResult, report_dir: Path, criteria_sha256: str,
-                extra_tags: dict[str, str] | None = None) -> Publication:
+                extra_tags: dict[str, str] | None = None, status: Status | None = None,
+                reason: str | None = None) -> Publication:
         """Store a verdict: validation run (params, metrics, artifacts), description, tags,
-        status, alias. The status is written last, after everything else is stored.
+        status, alias, and the audit trail's events. The status is written last, after everything
+        else is stored.
+
+        Args:
+            claim: the gate's claim on the version.
+            result: the engine's result.
+            report_dir: the report folder (stored as the validation run's artifacts).
+            criteria_sha256: hash of the criteria applied.
+            extra_tags: more version tags.
+            status: the status to set (default: the result's verdict; ``PendingReview`` when a
+                person decides).
+            reason: ``mdgate.reason`` (default: the result's reason).
 
         Raises:
             LeaseLostError: another gate took the version over; the validation run is kept but
@@ -37,14 +49,15 @@ class PublishingMixin(ClaimsMixin):
         run_url = f"{self.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
         report_uri = f"{artifact_uri}/report.md"
         info = self.check_claim(claim)
-        status = Status(result.verdict.value)
+        status = status or Status(result.verdict.value)
+        reason = one_line(reason if reason is not None else result.reason)
         with translate_errors(f"describing {claim.name}/{claim.version}"):
             self.client.update_model_version(
                 claim.name, claim.version,
                 description=description_markdown(info.description, result, run_url, report_uri),
             )
         tags = {
-            T.REASON: one_line(result.reason), T.REPORT: report_uri, T.VALIDATION_RUN: run_id,
+            T.REASON: reason, T.REPORT: report_uri, T.VALIDATION_RUN: run_id, T.DECISION: "automatic",
             T.FLOW_RUN: claim.flow_run or "", T.CRITERIA_SHA256: criteria_sha256,
             **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
         }
@@ -54,12 +67,16 @@ class PublishingMixin(ClaimsMixin):
         # leaves the version Running with its lease, which runs out: the sweep gates it again.
         self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
         self._release(claim)
-        alias = self.update_alias(claim.name)
+        self.record(AuditEvent(model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
+                               reason=reason, criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "",
+                               validation_run=run_id))
+        alias = self.update_alias(claim.name, flow_run=claim.flow_run or "",
+                                  reason=f"v{claim.version} {status.value} by the gate")
         return Publication(run_id=run_id, run_url=run_url, report_uri=report_uri, status=status,
                            alias_version=alias)
 
     def publish_error(self, claim: Claim, result: ValidationResult, criteria_sha256: str,
-                      extra_tags: dict[str, str] | None = None) -> Publication:
+                      extra_tags: dict[str, str] | None = None, status: Status = Status.ERROR) -> Publication:
         """Mark the version Error when its report cannot be written or stored (disk full,
         artifact store unwritable): the one status set without a report, with the reason saying so.
 
@@ -75,13 +92,17 @@ class PublishingMixin(ClaimsMixin):
                     self.client.delete_model_version_tag(claim.name, claim.version, key)
         self.set_figure_tags(info, result)
         self.set_tags(claim.name, claim.version, {
-            T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "",
+            T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "", T.DECISION: "automatic",
             T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
         })
-        self.set_tags(claim.name, claim.version, {T.STATUS: Status.ERROR.value})
+        self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
         self._release(claim)
-        alias = self.update_alias(claim.name)
-        return Publication(run_id="", run_url="", report_uri="", status=Status.ERROR, alias_version=alias)
+        self.record(AuditEvent(model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
+                               reason=one_line(result.reason), criteria_sha256=criteria_sha256,
+                               flow_run=claim.flow_run or ""))
+        alias = self.update_alias(claim.name, flow_run=claim.flow_run or "",
+                                  reason=f"v{claim.version} {status.value} by the gate")
+        return Publication(run_id="", run_url="", report_uri="", status=status, alias_version=alias)
 
     def set_figure_tags(self, info: VersionInfo, result: ValidationResult) -> None:
         """Write the verdict's searchable figures (:func:`registry.summary.verdict_tags`) and
@@ -137,16 +158,79 @@ class PublishingMixin(ClaimsMixin):
             self.client.set_terminated(run_id, "FINISHED" if result.verdict != Verdict.ERROR else "FAILED")
         return run_id, experiment_id, run.info.artifact_uri
 
-    def update_alias(self, name: str) -> str | None:
-        """Point the ``approved`` alias at the newest Approved version (remove it if none)."""
+    def update_alias(self, name: str, by: str = AUTOMATIC, reason: str = "", flow_run: str = "",
+                     kind: EventKind = EventKind.ALIAS) -> str | None:
+        """Point the ``approved`` alias at the newest Approved version (remove it if none); a
+        move is recorded in the audit trail (``by``, ``reason``).
+        """
         approved = self.search_versions(f"name={quote(name)} AND tags.`{T.STATUS}` = 'Approved'")
         newest = max((v.version for v in approved), key=num, default=None)
+        before = self.alias_version(name)
         with translate_errors(f"setting alias {T.APPROVED_ALIAS} of {name}"):
-            if newest is not None:
+            if newest is not None and newest != before:
                 self.client.set_registered_model_alias(name, T.APPROVED_ALIAS, newest)
-            elif self.alias_version(name) is not None:
+            elif newest is None and before is not None:
                 self.client.delete_registered_model_alias(name, T.APPROVED_ALIAS)
+        if newest != before:
+            self.record(AuditEvent(model=name, version=newest or before or "", kind=kind, decided_by=by,
+                                   reason=reason, flow_run=flow_run, alias_from=before or "",
+                                   alias_to=newest or ""))
         return newest
+
+    def review(self, name: str, version: str, approve: bool, reason: str, by: str,
+               flow_run: str = "") -> VersionInfo:
+        """A person's decision on a version (any status but a live Running): sets
+        ``mdgate.status``, ``mdgate.decided_by`` (the person), ``mdgate.decision`` (``human``) and
+        ``mdgate.reason``, moves or keeps the alias, and records both in the audit trail.
+
+        Raises:
+            PermanentRegistryError: no reason or reviewer given, or a gate is running on the version.
+        """
+        if not reason.strip() or not by.strip():
+            raise PermanentRegistryError("a review needs a reason and a reviewer: pass --reason and --by")
+        info = self.get_version(name, version)
+        if info.status == Status.RUNNING and not info.lease_expired(utcnow(), 0):
+            raise PermanentRegistryError(
+                f"{info.ref} is being gated (flow run {info.flow_run}); review it once the gate has published")
+        status = Status.APPROVED if approve else Status.REJECTED
+        was = info.status.value if info.status else "never gated"
+        text = one_line(f"{status.value} by {by}: {reason} (was {was})")
+        self.set_tags(name, str(version), {T.DECIDED_BY: by, T.DECISION: "human", T.REASON: text,
+                                           T.UPDATED_AT: iso(utcnow())})
+        self.set_tags(name, str(version), {T.STATUS: status.value})
+        self.record(AuditEvent(model=name, version=str(version), kind=EventKind.REVIEW, status=status.value,
+                               decided_by=by, reason=text, criteria_sha256=info.criteria_sha256 or "",
+                               flow_run=flow_run or info.flow_run or "", validation_run=info.validation_run or ""))
+        self.update_alias(name, by=by, reason=f"review of v{version}: {reason}", flow_run=flow_run)
+        return self.get_version(name, version)
+
+    def rollback(self, name: str, reason: str, by: str) -> tuple[str, str | None]:
+        """Take ``approved`` back from its version: that version is marked Rejected by ``by``
+        (so the alias, always the newest Approved version, moves to the previous one) and both
+        are recorded in the audit trail. Returns (the version rolled back, the alias now).
+
+        Raises:
+            PermanentRegistryError: no alias to roll back, no other Approved version, or no
+                reason or reviewer given.
+        """
+        if not reason.strip() or not by.strip():
+            raise PermanentRegistryError("a rollback needs a reason and a reviewer: pass --reason and --by")
+        current = self.alias_version(name)
+        if current is None:
+            raise PermanentRegistryError(f"{name} has no '{T.APPROVED_ALIAS}' alias to roll back")
+        approved = self.search_versions(f"name={quote(name)} AND tags.`{T.STATUS}` = 'Approved'")
+        if not [v for v in approved if v.version != current]:
+            raise PermanentRegistryError(f"{name} has no Approved version before v{current} to roll back to; "
+                                         f"reject v{current} with `mdgate review` instead")
+        info = self.get_version(name, current)
+        text = one_line(f"rolled back by {by}: {reason} (was Approved)")
+        self.set_tags(name, current, {T.DECIDED_BY: by, T.DECISION: "human", T.REASON: text,
+                                      T.UPDATED_AT: iso(utcnow())})
+        self.set_tags(name, current, {T.STATUS: Status.REJECTED.value})
+        self.record(AuditEvent(model=name, version=current, kind=EventKind.ROLLBACK, status=Status.REJECTED.value,
+                               decided_by=by, reason=text, criteria_sha256=info.criteria_sha256 or ""))
+        alias = self.update_alias(name, by=by, reason=f"rollback of v{current}: {reason}")
+        return current, alias
 
 
 def run_params(result: ValidationResult) -> list[tuple[str, str]]:

@@ -24,6 +24,10 @@ ORACLE_FORCE_R2 = "mdgate.oracle_force_r2"
 WORST_DRIFT = "mdgate.worst_drift_meV_per_atom_per_ps"
 MIN_TIME_TO_FAILURE = "mdgate.min_time_to_failure_ps"
 DECIDED_BY = "mdgate.decided_by"
+"""``stage/check`` that decided an automatic rejection, or the person who decided (a review)."""
+DECISION = "mdgate.decision"
+"""Who decided the status: ``automatic`` (the gate) or ``human`` (``mdgate review``, the
+Prefect review form, ``mdgate rollback``)."""
 # The lease of a Running version: claim generation and expiry (ISO 8601, UTC).
 CLAIM = "mdgate.claim"
 LEASE_EXPIRES_AT = "mdgate.lease_expires_at"
@@ -54,18 +58,26 @@ DESCRIPTION_MARKER = "<!-- mdgate verdict -->"
 
 
 class Status(StrEnum):
-    """``mdgate.status``: Pending → Running → Approved | Rejected | Error."""
+    """``mdgate.status``: Pending → Running → Approved | Rejected | Error | PendingReview.
+
+    ``PendingReview``: the gate finished but a person decides (a result within the review
+    margin of a bound, or an Error, with review on); ``mdgate review`` or the Prefect review form
+    turns it into Approved or Rejected.
+    """
 
     PENDING = "Pending"
     RUNNING = "Running"
     APPROVED = "Approved"
     REJECTED = "Rejected"
     ERROR = "Error"
+    PENDING_REVIEW = "PendingReview"
 
     @property
     def is_final(self) -> bool:
-        """A verdict has been published."""
-        return self in (Status.APPROVED, Status.REJECTED, Status.ERROR)
+        """The gate has published its outcome (a verdict, or PendingReview: no gate runs again
+        unless forced; a person decides).
+        """
+        return self in (Status.APPROVED, Status.REJECTED, Status.ERROR, Status.PENDING_REVIEW)
 
 
 def utcnow() -> datetime:
@@ -175,3 +187,43 @@ class Publication(BaseModel):
     status: Status
     alias_version: str | None = None
     """The version the ``approved`` alias points at afterwards (``None``: no approved version)."""
+
+
+#: Who decides automatically, in the audit trail.
+AUTOMATIC = "mdgate"
+
+
+class EventKind(StrEnum):
+    """Kinds of events of the audit trail."""
+
+    VERDICT = "verdict"
+    """The gate published an outcome (Approved, Rejected, Error, PendingReview)."""
+    REVIEW = "review"
+    """A person approved or rejected a version."""
+    ALIAS = "alias"
+    """The ``approved`` alias moved (``alias_from`` → ``alias_to``; empty: none)."""
+    REGATE = "regate"
+    """A version that had an outcome is gated again (forced)."""
+    ROLLBACK = "rollback"
+    """A person took ``approved`` back from its version (marked Rejected)."""
+
+
+class AuditEvent(BaseModel):
+    """One entry of the audit trail (one MLflow run of the ``mdgate-audit`` experiment)."""
+
+    model: str
+    version: str
+    kind: EventKind
+    status: str = ""
+    """The version's status after the event (empty for an alias move)."""
+    decided_by: str = AUTOMATIC
+    """``mdgate`` for the gate's own decisions, else the person."""
+    reason: str = ""
+    criteria_sha256: str = ""
+    flow_run: str = ""
+    validation_run: str = ""
+    alias_from: str = ""
+    alias_to: str = ""
+    at: datetime = Field(default_factory=utcnow)
+    run_id: str = ""
+    """The audit run (set when read back)."""
