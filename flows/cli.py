@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 app.command()(validate)
 
+#: ``mdgate gate``: the version waits for a person (``mdgate review``).
+EXIT_PENDING_REVIEW = 3
+
 
 @app.callback()
 def _root() -> None:
@@ -111,7 +114,7 @@ def gate(
     config: Annotated[Path | None, typer.Option(help="Gate config YAML [default: MDGATE_CONFIG, else packaged].")] = None,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
-    """Gate one registered version now; exit 0 Approved, 1 Rejected, 2 error.
+    """Gate one registered version now; exit 0 Approved, 1 Rejected, 2 error, 3 PendingReview.
 
     Runs the gate flow through the Prefect server at MDGATE_PREFECT_API_URL (else PREFECT_API_URL,
     default http://127.0.0.1:4200/api) when it answers, else in this process with Prefect's
@@ -135,7 +138,8 @@ def gate(
         if traceback:
             raise
         raise fail(str(e)) from None
-    codes = {Status.APPROVED.value: EXIT_APPROVED, Status.REJECTED.value: EXIT_REJECTED}
+    codes = {Status.APPROVED.value: EXIT_APPROVED, Status.REJECTED.value: EXIT_REJECTED,
+             Status.PENDING_REVIEW.value: EXIT_PENDING_REVIEW}
     raise typer.Exit(codes.get(verdict, EXIT_ERROR))
 
 
@@ -236,6 +240,114 @@ def demo(
     typer.echo("verdicts:   .venv/bin/mdgate status painn-md17")
     typer.echo("stop the servers: .venv/bin/mdgate demo --stop")
 
+
+
+def _reviewer(by: str | None) -> str:
+    import os
+
+    who = by or os.environ.get("USER") or ""
+    if not who:
+        raise fail("no reviewer: pass --by NAME (USER is not set)")
+    return who
+
+
+@app.command()
+def review(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Model version (any status but a running gate).")],
+    approve: Annotated[bool | None, typer.Option("--approve/--reject", help="The decision.")] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded as mdgate.reason and in the audit trail).")] = "",
+    by: Annotated[str | None, typer.Option(help="Reviewer [default: the USER environment variable].")] = None,
+) -> None:
+    """A person approves or rejects a version (overrules an automatic verdict too); exit 0, or 2.
+
+    Sets mdgate.status, mdgate.decided_by (the reviewer) and mdgate.reason, moves or keeps the
+    `approved` alias, records both in the audit trail, and resumes the gate flow run waiting for
+    this review, if there is one.
+    """
+    if approve is None:
+        raise fail("pass --approve or --reject")
+    if not reason.strip():
+        raise fail('pass --reason "..." (why you decide so)')
+    who = _reviewer(by)
+    settings = _gate_settings()
+    from flows.review import resume_waiting_gate
+    from registry import Registry, RegistryError
+
+    reg = Registry(settings.tracking_uri, settings.experiment)
+    try:
+        before = reg.get_version(name, version)
+        info = reg.review(name, version, approve, reason, who)
+        alias = reg.alias_version(name)
+    except RegistryError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{name} v{version}: {info.status.value if info.status else '-'} by {who} "
+               f"(was {before.status.value if before.status else 'never gated'}); "
+               f"alias {T_APPROVED}: {('v' + alias) if alias else 'none'}")
+    if before.status is not None and before.status.value == "PendingReview":
+        typer.echo(resume_waiting_gate(before.flow_run, approve, reason, who), err=True)
+
+
+#: The alias the gate keeps on the newest Approved version (``registry.types.APPROVED_ALIAS``).
+T_APPROVED = "approved"
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The audit trail of a model, oldest first: decisions, reviews, alias moves, re-gates, rollbacks."""
+    settings = _gate_settings()
+    from registry import Registry, RegistryError
+
+    try:
+        events = Registry(settings.tracking_uri, settings.experiment).history(name, version)
+    except RegistryError as e:
+        raise fail(str(e)) from None
+    rows = [{"at": e.at.isoformat(timespec="seconds"), "version": e.version, "event": e.kind.value,
+             "status": e.status, "alias": f"{e.alias_from or '-'} → {e.alias_to or '-'}" if e.kind.value in
+             ("alias",) else "", "by": e.decided_by, "reason": e.reason,
+             "criteria": e.criteria_sha256[:12], "flow_run": e.flow_run} for e in events]
+    if as_json:
+        typer.echo(json.dumps([{**e.model_dump(mode="json")} for e in events], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{name}: audit trail ({settings.tracking_uri}, experiment mdgate-audit)")
+    cols = ("at", "version", "event", "status", "alias", "by", "reason", "criteria", "flow_run")
+    for col in cols:
+        table.add_column(col, overflow="fold", max_width=60 if col == "reason" else None)
+    for row in rows:
+        table.add_row(*(row[c] for c in cols))
+    Console(width=200).print(table)
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded on the version and in the audit trail).")] = "",
+    by: Annotated[str | None, typer.Option(help="Who [default: the USER environment variable].")] = None,
+) -> None:
+    """Move `approved` back to the previous Approved version; exit 0, or 2.
+
+    The version that held the alias is marked Rejected by you (the alias always points at the
+    newest Approved version), and both are recorded in the audit trail.
+    """
+    if not reason.strip():
+        raise fail('pass --reason "..." (why you roll back)')
+    who = _reviewer(by)
+    settings = _gate_settings()
+    from registry import Registry, RegistryError
+
+    try:
+        old, alias = Registry(settings.tracking_uri, settings.experiment).rollback(name, reason, who)
+    except RegistryError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"{name}: {T_APPROVED} moved from v{old} to {('v' + alias) if alias else 'none'} "
+               f"(v{old} Rejected by {who})")
 
 
 def main() -> None:

@@ -5,7 +5,10 @@ the verdict: ``Completed(name="Approved")`` and ``Completed(name="Rejected")`` (
 job: a rejected model is an expected outcome, not an orchestration failure), and
 ``Failed(name="Error")`` when the model could not be validated (bad artifact, model without
 forces, MD timeout, internal error): that needs a person. A version that is already gated or
-being gated ends ``Completed(name="Skipped")``. Registry outages (and an unreachable Dask cluster
+being gated ends ``Completed(name="Skipped")``. With human review on (``MDGATE_REVIEW``), a
+borderline result or an Error is published as ``PendingReview`` and the flow pauses for a
+person's decision (``flows/review.py``); it ends named after that decision, or
+``Completed(name="PendingReview")`` when nobody decided in time. Registry outages (and an unreachable Dask cluster
 with ``MDGATE_TASK_RUNNER=dask``) fail the flow and leave the version Running: the sweep gates it
 again once its lease expires.
 """
@@ -40,7 +43,7 @@ from mdgate.results import ValidationResult, Verdict
 from registry import types as T
 from registry.errors import ArtifactStoreError, HostStorageError, LeaseLostError, TransientRegistryError
 from registry.summary import summary_rows
-from registry.types import Candidate, Claim, ClaimOutcome, Publication
+from registry.types import Candidate, Claim, ClaimOutcome, Publication, Status
 
 SKIPPED = "Skipped"
 
@@ -214,16 +217,21 @@ def write_report(result: ValidationResult, out_dir: Path) -> Path:
 
 @task(name="publish-error", **REGISTRY_TASK)
 def publish_error(settings: Settings, claim: Claim, result: ValidationResult, criteria_sha256: str,
-                  extra_tags: dict[str, str]) -> Publication:
-    """Mark the version Error without a report (the report could not be written or stored)."""
-    return registry_for(settings).publish_error(claim, result, criteria_sha256, extra_tags)
+                  extra_tags: dict[str, str], status: Status = Status.ERROR) -> Publication:
+    """Mark the version Error (or PendingReview) without a report (the report could not be
+    written or stored).
+    """
+    return registry_for(settings).publish_error(claim, result, criteria_sha256, extra_tags, status)
 
 
 @task(name="publish", **REGISTRY_TASK)
 def publish(settings: Settings, claim: Claim, result: ValidationResult, report_dir: Path,
-            criteria_sha256: str, extra_tags: dict[str, str]) -> Publication:
-    """Store the verdict in MLflow: validation run, description, tags, status last, alias."""
-    return registry_for(settings).publish(claim, result, report_dir, criteria_sha256, extra_tags)
+            criteria_sha256: str, extra_tags: dict[str, str], status: Status | None = None,
+            reason: str | None = None) -> Publication:
+    """Store the verdict in MLflow: validation run, description, tags, status last, alias
+    (``status``/``reason``: a PendingReview instead of the result's verdict).
+    """
+    return registry_for(settings).publish(claim, result, report_dir, criteria_sha256, extra_tags, status, reason)
 
 
 # ------------------------------------------------------------------------------------ flow
@@ -269,8 +277,13 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     if report_dir is not None:
         publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
     shutil.rmtree(work, ignore_errors=True)
-    logger.info("%s/%s: %s: %s (validation run %s)", name, version, result.verdict.value, result.reason,
+    logger.info("%s/%s: %s: %s (validation run %s)", name, version, pub.status.value, result.reason,
                 pub.run_url)
+    if pub.status == Status.PENDING_REVIEW:
+        from flows.review import wait_for_review
+
+        final, message = wait_for_review(settings, name, str(version), run_id)
+        return Completed(name=final, message=message)
     message = f"{name}/v{version}: {result.reason}"
     if result.verdict == Verdict.ERROR:
         return Failed(name=Verdict.ERROR.value, message=message)
@@ -301,9 +314,14 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
             reason = (f"the gate host cannot write the report ({why}); the {result.verdict.value} "
                       "verdict is not published without it")
         result = _error(reason, source, gate_config)
+    from flows.review import review_reason
+
     if report_dir is not None:
+        why = review_reason(settings, result)
+        status = Status.PENDING_REVIEW if why else None
         try:
-            return publish(settings, claim, result, report_dir, sha, extra), report_dir, result
+            return (publish(settings, claim, result, report_dir, sha, extra, status, why),
+                    report_dir, result)
         except ArtifactStoreError as e:
             if not is_up(f"{settings.tracking_uri.rstrip('/')}/health"):
                 raise
@@ -311,7 +329,8 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
             reason = (f"the report could not be stored in MLflow's artifact store ({cause}); the "
                       f"{result.verdict.value} verdict is not published without it")
             result = _error(reason, source, gate_config)
-    return publish_error(settings, claim, result, sha, extra), report_dir, result
+    status = Status.PENDING_REVIEW if review_reason(settings, result) else Status.ERROR
+    return publish_error(settings, claim, result, sha, extra, status), report_dir, result
 
 
 def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,

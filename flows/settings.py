@@ -97,6 +97,18 @@ class Settings(BaseSettings):
     """Larger webhook bodies are refused with 413 before being read."""
     manage_webhook: bool = True
     """``mdgate serve`` creates or updates the MLflow webhook named ``mdgate`` to point at it."""
+    review: bool = False
+    """Human review: a result within ``review_margin`` of a required bound, or an Error, ends as
+    ``PendingReview`` and the gate flow waits (paused, holding its process) for a person's decision
+    from the Prefect UI form or ``mdgate review``. Off: the gate decides every version itself."""
+    review_margin: Annotated[float, Field(ge=0)] = 0.05
+    """Relative margin of a borderline result: a required check that passes with
+    ``|value - bound| <= review_margin * |bound|``."""
+    review_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    """How long a gate flow waits for a review; afterwards the run ends ``PendingReview`` and the
+    version waits for ``mdgate review``."""
+    review_poll_s: Annotated[int, Field(ge=1)] = 10
+    """How often a waiting gate flow asks Prefect whether it was resumed."""
 
     @property
     def webhook_endpoint(self) -> str:
