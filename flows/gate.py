@@ -206,6 +206,15 @@ def run_stage(name: str, fn: Any) -> Any:
     return task(name=name, **ENGINE_TASK)(fn)()
 
 
+@task(name="champion", **REGISTRY_TASK)
+def compare_with_champion(settings: Settings, name: str, version: str, result: ValidationResult, sha: str,
+                          work: Path) -> tuple[ValidationResult, list[Any], Any]:
+    """Compare an Approved result with its baseline (``flows/champion.py``): Rejected when worse."""
+    from flows.champion import judge
+
+    return judge(settings, name, version, result, sha, work)
+
+
 @task(name="report", **ENGINE_TASK)
 def write_report(result: ValidationResult, out_dir: Path) -> Path:
     """report.md, report.html, results.json and plots (``mdgate.report.write_report``)."""
@@ -273,9 +282,18 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     except Exception as e:  # a bug must not leave the version Running until its lease expires
         logger.error("gate failed: %s", traceback.format_exc())
         result = _error(f"internal error: {type(e).__name__}: {e}", source, gate_config)
+    comparisons: list[Any] = []
+    baseline = None
+    if result.verdict == Verdict.APPROVED and settings.champion:
+        result, comparisons, baseline = compare_with_champion(settings, name, str(version), result, sha, work)
     pub, report_dir, result = store_verdict(settings, claim, result, work, sha, extra, source, gate_config)
     if report_dir is not None:
         publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
+    if comparisons:
+        from flows.champion import comparison_rows
+
+        create_table_artifact(comparison_rows(comparisons, baseline), key=f"{key}-champion",
+                              description=f"{name} v{version} against its baseline")
     shutil.rmtree(work, ignore_errors=True)
     logger.info("%s/%s: %s: %s (validation run %s)", name, version, pub.status.value, result.reason,
                 pub.run_url)

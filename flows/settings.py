@@ -13,12 +13,25 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GATE_FLOW = "gate-model-version"
 SWEEP_FLOW = "sweep-registry"
 DEPLOYMENT = "mdgate"
+
+
+class ChampionRule(BaseModel):
+    """How much worse than the baseline a check's value may be (as MLflow's ``MetricThreshold``):
+    worse by more than either limit given fails. "Worse" follows the check's direction (higher for
+    a ``<=`` bound, lower for a ``>=`` bound).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_absolute_change: Annotated[float, Field(ge=0)] | None = None
+    max_relative_change: Annotated[float, Field(ge=0)] | None = None
+    """Relative to the baseline's |value| (2.0: at most 3× the champion's drift)."""
 
 
 class Settings(BaseSettings):
@@ -109,6 +122,14 @@ class Settings(BaseSettings):
     version waits for ``mdgate review``."""
     review_poll_s: Annotated[int, Field(ge=1)] = 10
     """How often a waiting gate flow asks Prefect whether it was resumed."""
+    champion: dict[str, ChampionRule] = Field(default_factory=dict)
+    """Champion comparison, as JSON: check name → how much worse than the baseline's value the
+    candidate may be (``{"min_force_r2": {"max_absolute_change": 0.005},
+    "drift_slope_meV_per_atom_per_ps": {"max_relative_change": 2.0}}``). Empty: no comparison.
+    A candidate worse than allowed on any compared figure is Rejected, naming the baseline."""
+    champion_baseline: Literal["approved", "parent"] = "approved"
+    """The baseline: the version holding ``approved`` when the candidate is gated, or the
+    candidate's parent (``mdgate.parent``)."""
 
     @property
     def webhook_endpoint(self) -> str:

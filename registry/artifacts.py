@@ -18,10 +18,11 @@ from pydantic import ValidationError
 from mdgate.errors import MetadataError, ModelLoadError, MoleculeSetError
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.spec import SPEC_FILE
+from mdgate.results import ValidationResult
 from registry import types as T
 from registry.client import Registry, translate_errors
 from registry.errors import HostStorageError, RegistryError, TransientRegistryError
-from registry.types import Candidate
+from registry.types import Candidate, VersionInfo
 
 #: Files of an MLflow model folder that are never the model itself.
 NOT_MODELS = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
@@ -234,3 +235,23 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def stored_result(registry: Registry, info: VersionInfo, dst: Path) -> ValidationResult | None:
+    """The ``results.json`` of a version's validation run (``mdgate.validation_run``), or ``None``
+    when it has none or it cannot be read as a result.
+    """
+    if not info.validation_run:
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        with translate_errors(f"reading results.json of {info.ref}"):
+            local = registry.client.download_artifacts(info.validation_run, "results.json", str(dst))
+    except TransientRegistryError:
+        raise
+    except RegistryError:
+        return None
+    try:
+        return ValidationResult.model_validate_json(Path(local).read_text())
+    except (ValidationError, OSError):
+        return None

@@ -1,0 +1,62 @@
+"""The gate's decision rules on results built in code (no servers, no MD): which results a
+person reviews (within the margin of a bound), and the champion comparison per check.
+"""
+
+from __future__ import annotations
+
+from flows.champion import compare
+from flows.review import borderline_checks, review_reason
+from flows.settings import ChampionRule, load_settings
+from mdgate.results import AccuracyResult, CheckResult, ModelInfo, MoleculeResult, ValidationResult, Verdict
+
+
+def check(name: str, value: float, bound: float, comparison: str = "<=", required: bool = True) -> CheckResult:
+    passed = value <= bound if comparison == "<=" else value >= bound
+    return CheckResult(name=name, value=value, unit="u", bound=bound, comparison=comparison, passed=passed,
+                       required=required)
+
+
+def result(r2: float, drift: float, verdict: Verdict = Verdict.APPROVED) -> ValidationResult:
+    mol = MoleculeResult(name="ethanol", formula="C2H6O", n_atoms=9, steps_asked=60, passed=True, summary={},
+                         checks=[check("drift_slope_meV_per_atom_per_ps", drift, 0.5),
+                                 check("max_temperature_K", 400.0, 1000.0, required=False)], replicas=[])
+    acc = AccuracyResult(applicable=True, reference_level_of_theory="x", model_level_of_theory="x",
+                         checks=[check("min_force_r2", r2, 0.9, ">=")])
+    return ValidationResult(verdict=verdict, reason="all checks passed", model=ModelInfo(source="t"), criteria={},
+                            molecules=[mol], accuracy=acc)
+
+
+def test_borderline_is_within_the_relative_margin_of_a_required_bound() -> None:
+    assert borderline_checks(result(0.95, 0.1), 0.05) == []
+    assert borderline_checks(result(0.93, 0.1), 0.05) == ["accuracy: min_force_r2 = 0.93 (bound >= 0.9)"]
+    assert borderline_checks(result(0.99, 0.49), 0.05) == [
+        "nve/ethanol: drift_slope_meV_per_atom_per_ps = 0.49 (bound <= 0.5)"]
+    # an informational check near its bound, or a failed one, is not borderline
+    assert borderline_checks(result(0.99, 0.1), 0.9) == ["nve/ethanol: drift_slope_meV_per_atom_per_ps = 0.1 "
+                                                          "(bound <= 0.5)", "accuracy: min_force_r2 = 0.99 "
+                                                          "(bound >= 0.9)"]
+    assert borderline_checks(result(0.85, 0.1, Verdict.REJECTED), 0.1) == []
+
+
+def test_review_reason_only_with_review_on() -> None:
+    off, on = load_settings(review=False), load_settings(review=True, review_margin=0.05)
+    assert review_reason(off, result(0.93, 0.1)) is None
+    assert review_reason(on, result(0.99, 0.1)) is None
+    assert review_reason(on, result(0.93, 0.1)).startswith("awaiting review: passes within 0.05")
+    assert review_reason(on, result(0.99, 0.1, Verdict.ERROR)).startswith("awaiting review: Error")
+    assert review_reason(on, result(0.5, 0.1, Verdict.REJECTED)) is None
+
+
+def test_champion_comparison_per_check_direction() -> None:
+    champion = result(0.995, 0.1)
+    rules = {"min_force_r2": ChampionRule(max_absolute_change=0.005),
+             "drift_slope_meV_per_atom_per_ps": ChampionRule(max_relative_change=2.0)}
+    ok = compare(result(0.991, 0.29), champion, rules)
+    assert [(c.check, c.worse) for c in ok] == [("drift_slope_meV_per_atom_per_ps", False), ("min_force_r2", False)]
+    worse = {c.check: c for c in compare(result(0.97, 0.31), champion, rules)}
+    assert worse["min_force_r2"].worse and abs(worse["min_force_r2"].allowed - 0.99) < 1e-9
+    assert worse["drift_slope_meV_per_atom_per_ps"].worse  # above 3x the champion's 0.1
+    assert "vs 0.995" in worse["min_force_r2"].line()
+    # better than the champion is never worse; checks without a rule are not compared
+    assert not any(c.worse for c in compare(result(0.999, 0.01), champion, rules))
+    assert compare(result(0.5, 9.0), champion, {}) == []
