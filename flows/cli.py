@@ -1,5 +1,6 @@
 """The ``mdgate`` command line: the engine's ``validate`` and the gate's server-side commands
-(``register``, ``gate``, ``status``, ``serve``, ``demo``; ``review``, ``history``, ``rollback``).
+(``register``, ``gate``, ``status``, ``serve``, ``demo``; ``review``, ``history``, ``rollback``,
+``regate``).
 
 Errors are one line on stderr; ``--traceback`` for more. prefect and mlflow are imported inside
 the commands, after :func:`_gate_settings` has exported the servers' URLs.
@@ -284,6 +285,9 @@ def review(
     typer.echo(f"{name} v{version}: {info.status.value if info.status else '-'} by {who} "
                f"(was {before.status.value if before.status else 'never gated'}); "
                f"alias {T_APPROVED}: {('v' + alias) if alias else 'none'}")
+    from flows.notify import notify_decision
+
+    notify_decision(settings, name, version, info.status.value if info.status else "-", info.reason, who)
     if before.status is not None and before.status.value == "PendingReview":
         typer.echo(resume_waiting_gate(before.flow_run, approve, reason, who), err=True)
 
@@ -348,6 +352,52 @@ def rollback(
         raise fail(str(e)) from None
     typer.echo(f"{name}: {T_APPROVED} moved from v{old} to {('v' + alias) if alias else 'none'} "
                f"(v{old} Rejected by {who})")
+    from flows.notify import notify_decision
+
+    notify_decision(settings, name, old, "Rejected", f"rolled back: {reason}; {T_APPROVED} now "
+                    f"{('v' + alias) if alias else 'none'}", who)
+
+
+@app.command()
+def regate(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    all_versions: Annotated[bool, typer.Option("--all", help="Every version with an outcome, not only those "
+                                                              "judged under other criteria.")] = False,
+    local: Annotated[bool | None, typer.Option(
+        "--local/--server", help="As for `mdgate gate`: in this process, or only through the Prefect server.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Gate config YAML [default: MDGATE_CONFIG, else packaged].")] = None,
+) -> None:
+    """Gate versions again under the current criteria, one after another; exit 0 when each got an
+    outcome, 2 otherwise.
+
+    Without --all: the versions `mdgate status` flags OTHER (judged under other criteria). Each
+    re-gate is recorded in the audit trail.
+    """
+    settings = _gate_settings(config)
+    from flows.oneoff import choose, gate_once
+    from mdgate.config import load_config
+    from registry import Registry, RegistryError
+
+    try:
+        current = load_config(settings.config).sha256()
+        versions = [v for v in Registry(settings.tracking_uri, settings.experiment).list_versions(name)
+                    if v.status is not None and v.status.is_final
+                    and (all_versions or v.criteria_sha256 != current)]
+        if not versions:
+            typer.echo(f"{name}: nothing to re-gate (every version with an outcome was judged under the "
+                       "current criteria; --all re-gates them anyway)")
+            return
+        choice = choose(settings, local)
+        typer.echo(f"re-gating {name} v{', v'.join(v.version for v in reversed(versions))} {choice.why}", err=True)
+        states = {}
+        for v in reversed(versions):
+            state = gate_once(settings, choice.mode, name, v.version, force=True)
+            states[v.version] = state.name
+            typer.echo(f"v{v.version}: {state.name}: {state.message or ''}")
+    except (MdgateError, RegistryError) as e:
+        raise fail(str(e)) from None
+    outcomes = {"Approved", "Rejected", "Error", "PendingReview"}
+    raise typer.Exit(EXIT_APPROVED if all(s in outcomes for s in states.values()) else EXIT_ERROR)
 
 
 def main() -> None:

@@ -297,6 +297,10 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     shutil.rmtree(work, ignore_errors=True)
     logger.info("%s/%s: %s: %s (validation run %s)", name, version, pub.status.value, result.reason,
                 pub.run_url)
+    from flows.notify import notify_decision
+
+    notify_decision(settings, name, str(version), pub.status.value, result.reason if pub.status != Status.PENDING_REVIEW
+                    else registry_for(settings).get_version(name, str(version)).reason)
     if pub.status == Status.PENDING_REVIEW:
         from flows.review import wait_for_review
 

@@ -105,6 +105,10 @@ def wait_for_review(settings: Settings, name: str, version: str, flow_run: str |
         return status, f"{name}/v{version}: decided outside this run: {info.reason}"
     info = registry.review(name, version, decision.decision == "approve", decision.reason,
                            decision.reviewer or "prefect-ui", flow_run or "")
+    from flows.notify import notify_decision
+
+    notify_decision(settings, name, version, info.status.value if info.status else "-", info.reason,
+                    decision.reviewer or "prefect-ui")
     return info.status.value if info.status else "-", f"{name}/v{version}: {info.reason}"
 
 

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     candidate may be (``{"min_force_r2": {"max_absolute_change": 0.005},
     "drift_slope_meV_per_atom_per_ps": {"max_relative_change": 2.0}}``). Empty: no comparison.
     A candidate worse than allowed on any compared figure is Rejected, naming the baseline."""
+    notify_url: str | None = None
+    """Where every final decision (gate outcome, review, rollback) is posted as JSON, through a
+    Prefect notification block (``flows/notify.py``). Unset: no notifications."""
     champion_baseline: Literal["approved", "parent"] = "approved"
     """The baseline: the version holding ``approved`` when the candidate is gated, or the
     candidate's parent (``mdgate.parent``)."""

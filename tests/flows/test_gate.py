@@ -22,9 +22,9 @@ import torch
 from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.settings import SWEEP_FLOW, load_settings
 from flows.webhook import sign
-from flows.cli import app
 from mdgate.config import load_config
 from registry import Registry, Status
 from registry import types as T

@@ -1,14 +1,21 @@
-"""Human review end to end on real MLflow and Prefect servers: a borderline candidate ends
-PendingReview, its gate flow run pauses with the review form, a reviewer's input through the
-Prefect API resumes it, and the version ends Approved with ``mdgate.decided_by`` the reviewer;
-the audit trail holds the automatic outcome, the review and the alias move in order.
+"""Human review and champion comparison end to end on real MLflow and Prefect servers.
+
+A borderline candidate ends PendingReview, its gate flow run pauses with the review form, a
+reviewer's input through the Prefect API resumes it, and the version ends Approved with
+``mdgate.decided_by`` the reviewer; the audit trail holds the automatic outcome, the review and
+the alias move in order. A candidate that passes every absolute bound but is much worse than the
+champion is Rejected, naming the champion, and each final decision arrives at a local
+receiver through the Prefect notification block.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +26,7 @@ import pytest
 from registry import Registry, Status
 from registry import types as T
 from registry.register import register_potential
-from tests.integration import REPO_ROOT, ModelFile, Stack, record_timing, wait_for_status
+from tests.integration import REPO_ROOT, ModelFile, Stack, _quick_trained_model, record_timing, wait_for_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,3 +79,81 @@ def test_borderline_candidate_waits_for_a_reviewer_through_prefect(stack: Stack,
     assert events == [("verdict", "PendingReview", "mdgate", "", str(run_id)),
                       ("review", "Approved", "alice", "", str(run_id)),
                       ("alias", "", "alice", v, str(run_id))]
+
+
+def mdgate_gate(stack: Stack, cwd: Path, name: str, version: str, **env: str) -> subprocess.CompletedProcess:
+    """``mdgate gate NAME VERSION --server`` against the session's servers, with more settings."""
+    full = dict(os.environ, **stack.env, **env, PYTHONPATH=str(REPO_ROOT), PREFECT_HOME=str(cwd / "prefect-home"))
+    return subprocess.run([str(Path(sys.executable).parent / "mdgate"), "gate", name, version, "--server"],
+                          env=full, capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A local HTTP receiver that keeps the JSON bodies posted to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The URL to post to."""
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def test_candidate_much_worse_than_the_champion_is_rejected(stack: Stack, registry: Registry,
+                                                            good_model: ModelFile, small_set, atomrefs,
+                                                            request: pytest.FixtureRequest,
+                                                            tmp_path: Path) -> None:
+    # The champion: examples/models/painn_small.pt (force R² 0.995); the candidate: a PaiNN fitted
+    # for seconds (R² about 0.97): both pass the absolute bound (R² >= 0.9).
+    folder = Path(request.config.cache.mkdir("mdgate-quick-painn-v1"))
+    quick = folder / "quick_painn.pt"
+    if not quick.is_file():
+        _quick_trained_model(quick, small_set.reference, atomrefs)
+    rule = '{"min_force_r2": {"max_absolute_change": 0.005}}'
+    receiver = Receiver()
+    env = {"MDGATE_CHAMPION": rule, "MDGATE_NOTIFY_URL": receiver.url}
+    name = f"champion-{uuid.uuid4().hex[:6]}"
+    champion = register_potential(registry, good_model.path, name, meta=good_model.meta,
+                                  reference=small_set.reference).version
+    first = mdgate_gate(stack, tmp_path, name, champion, **env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    info = registry.get_version(name, champion)
+    assert info.status == Status.APPROVED and "no champion to compare with (first approved version)" in info.reason
+    candidate = register_potential(registry, quick, name, meta={"level_of_theory": "GFN2-xTB"},
+                                   reference=small_set.reference).version
+    second = mdgate_gate(stack, tmp_path, name, candidate, **env)
+    assert second.returncode == 1, second.stdout + second.stderr
+    info = registry.get_version(name, candidate)
+    assert info.status == Status.REJECTED
+    assert info.reason.startswith(f"worse than the champion v{champion}: accuracy: min_force_r2 = "), info.reason
+    assert info.tags[T.DECIDED_BY] == "champion/min_force_r2"
+    assert registry.alias_version(name) == champion
+    kinds = [(e.version, e.kind.value, e.status) for e in registry.history(name)]
+    assert kinds == [(champion, "verdict", "Approved"), (champion, "alias", ""), (candidate, "verdict", "Rejected")]
+    # (f) one notification per final decision, through the Prefect notification block
+    assert [n["subject"] for n in receiver.received] == [f"mdgate: {name} v{champion} Approved",
+                                                         f"mdgate: {name} v{candidate} Rejected"]
+    assert "worse than the champion" in receiver.received[1]["body"]
+    receiver.shutdown()
+    # re-gating: both were judged under the current criteria, so nothing is due without --all
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, ["regate", name], catch_exceptions=False)
+    assert res.exit_code == 0 and "nothing to re-gate" in res.output

@@ -93,6 +93,12 @@ def test_review_history_and_rollback(mlflow_only: MlflowOnly, tmp_path: Path) ->
     code, out = cli(uri, "history", name)
     assert code == 0 and "rollback" in out and "audit trail" in out
 
+    # a forced gate of a version that had an outcome is a re-gate, in the history too
+    assert registry.claim(name, v1, 600, flow_run=None, force=True).claim is not None
+    last = registry.history(name)[-1]
+    assert (last.version, last.kind.value, last.status) == (v1, "regate", "Running")
+    assert last.reason.startswith("gated again (was Approved")
+
     # the next decision cannot rewrite an event: params of an audit run are immutable
     client = MlflowClient(uri)
     first = registry.history(name)[0]
