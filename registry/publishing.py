@@ -63,13 +63,15 @@ class PublishingMixin(ClaimsMixin):
         }
         self.set_figure_tags(info, result)
         self.set_tags(claim.name, claim.version, tags)
+        # The audit entry before the status: a failure here retries the whole publication while
+        # the claim still holds (at worst an entry twice, never a status without its entry).
+        self.record(AuditEvent(model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
+                               reason=reason, criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "",
+                               validation_run=run_id))
         # The status last; the lease stays until then, so a gate that dies before this line
         # leaves the version Running with its lease, which runs out: the sweep gates it again.
         self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
         self._release(claim)
-        self.record(AuditEvent(model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
-                               reason=reason, criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "",
-                               validation_run=run_id))
         alias = self.update_alias(claim.name, flow_run=claim.flow_run or "",
                                   reason=f"v{claim.version} {status.value} by the gate")
         return Publication(run_id=run_id, run_url=run_url, report_uri=report_uri, status=status,
@@ -95,11 +97,11 @@ class PublishingMixin(ClaimsMixin):
             T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "", T.DECISION: "automatic",
             T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
         })
-        self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
-        self._release(claim)
         self.record(AuditEvent(model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
                                reason=one_line(result.reason), criteria_sha256=criteria_sha256,
                                flow_run=claim.flow_run or ""))
+        self.set_tags(claim.name, claim.version, {T.STATUS: status.value})
+        self._release(claim)
         alias = self.update_alias(claim.name, flow_run=claim.flow_run or "",
                                   reason=f"v{claim.version} {status.value} by the gate")
         return Publication(run_id="", run_url="", report_uri="", status=status, alias_version=alias)
