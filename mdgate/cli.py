@@ -77,7 +77,7 @@ def validate(
     n_steps: Annotated[int | None, typer.Option(help="MD steps (overrides the config).")] = None,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
-    """Validate a model file or a schnetpack training run by NVE MD; exit 0 Approved, 1 Rejected, 2 error.
+    """Validate a model file or a schnetpack training run with the validation protocol (sanity, NVE, heat stress, accuracy, oracle); exit 0 Approved, 1 Rejected, 2 error.
 
     The declared energy unit is verified against the reference forces before MD: a model whose forces
     are a known unit ratio off (e.g. 23.06x: kcal/mol declared as eV) is an error naming the unit.
