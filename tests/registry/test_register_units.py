@@ -46,7 +46,8 @@ def test_register_without_units_is_refused_like_validate(registry: Registry, tmp
     runner = CliRunner()
     validated = message(runner.invoke(app, ["validate", str(SPK_RUN / "best_model"), "--out", str(tmp_path)]))
     name = unique()
-    refused = message(runner.invoke(app, ["register", str(SPK_RUN / "best_model"), "--name", name]))
+    refused = message(runner.invoke(app, ["register", str(SPK_RUN / "best_model"), "--name", name],
+                                    env={"MDGATE_TRACKING_URI": registry.tracking_uri}))
     assert "the model's energy unit looks like kcal/mol, not the declared eV" in refused
     assert refused.endswith("tag mdgate.energy_unit=kcal/mol (or --energy-unit kcal/mol)")
     assert validated == f"{refused} (nothing validated; report in {tmp_path}/)"
@@ -62,8 +63,10 @@ def test_register_best_model_with_its_unit(registry: Registry) -> None:
 
 def test_register_run_dir_reads_config_and_logs_it(registry: Registry, tmp_path: Path) -> None:
     name = unique()
+    # This server, whatever an earlier in-process command left in MLFLOW_TRACKING_URI.
+    env = {"MDGATE_TRACKING_URI": registry.tracking_uri, "MLFLOW_TRACKING_URI": registry.tracking_uri}
     result = CliRunner().invoke(app, ["register", str(SPK_RUN), "--name", name, "--meta",
-                                      "level_of_theory=GFN2-xTB"])
+                                      "level_of_theory=GFN2-xTB"], env=env)
     assert result.exit_code == 0, result.output
     (v,) = [registry.get_version(name, mv.version) for mv in versions_of(registry, name)]
     assert v.tags[T.ENERGY_UNIT] == "kcal/mol" and v.tags[T.POSITION_UNIT] == "Angstrom"
@@ -77,7 +80,7 @@ def test_register_run_dir_reads_config_and_logs_it(registry: Registry, tmp_path:
 def test_register_run_dir_with_a_contradicting_unit(registry: Registry) -> None:
     name = unique()
     refused = message(CliRunner().invoke(app, ["register", str(SPK_RUN), "--name", name, "--meta",
-                                               "energy_unit=eV"]))
+                                               "energy_unit=eV"], env={"MDGATE_TRACKING_URI": registry.tracking_uri}))
     assert refused == (f"contradictory metadata: the training config {SPK_RUN / 'config.yaml'} says "
                        "data.property_units.energy = kcal/mol, but --meta energy_unit says energy_unit = eV; "
                        "drop --meta energy_unit or fix the config")
