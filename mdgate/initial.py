@@ -55,6 +55,11 @@ def replica_seed(seed: int, name: str, replica: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, zlib.crc32(name.encode()), replica])
 
 
+def noise_seed(seed: int, name: str, replica: int) -> int:
+    """The thermostat-noise seed of one trajectory: independent of its velocity seed."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode()), replica, 1]).generate_state(1)[0])
+
+
 def maxwell_boltzmann(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> np.ndarray:
     """Velocities (Å per ASE time unit) at exactly ``temperature_K``.
 

@@ -72,6 +72,49 @@ def verlet_step(state: MDState, force_fn: ForceFn, dt: float) -> MDState:
     return replace(state, positions=x, velocities=v + half * forces, forces=forces, energy=energy)
 
 
+class NoiseStreams:
+    """Gaussian noise for the O step, one seeded stream per trajectory.
+
+    A trajectory's noise comes from its own generator, so it is the same whether the trajectory
+    runs alone, with its replicas, or in a gate's whole batch. Each stream draws ``chunk`` steps
+    at a time (one generator call per trajectory every ``chunk`` steps, not every step).
+    """
+
+    def __init__(self, seeds: list[int | None], n_atoms: list[int], device: torch.device,
+                 dtype: torch.dtype = torch.float64, chunk: int = 64) -> None:
+        """``seeds[s]`` seeds trajectory ``s``; ``None`` gives it no noise (an NVE trajectory)."""
+        self.generators: list[torch.Generator | None] = []
+        for seed in seeds:
+            gen = None
+            if seed is not None:
+                gen = torch.Generator(device=device)
+                gen.manual_seed(int(seed))
+            self.generators.append(gen)
+        self.n_atoms, self.device, self.dtype, self.chunk = list(n_atoms), device, dtype, chunk
+        self._buf: torch.Tensor | None = None
+        self._pos = chunk
+
+    def next(self) -> torch.Tensor:
+        """The ``[n_atoms, 3]`` noise of the next step."""
+        if self._buf is None or self._pos == self.chunk:
+            parts = [torch.zeros((self.chunk, n, 3), dtype=self.dtype, device=self.device) if g is None else
+                     torch.randn((self.chunk, n, 3), dtype=self.dtype, device=self.device, generator=g)
+                     for g, n in zip(self.generators, self.n_atoms, strict=True)]
+            self._buf, self._pos = torch.cat(parts, 1), 0
+        out = self._buf[self._pos]
+        self._pos += 1
+        return out
+
+    def select(self, keep_sys: list[bool], atom_keep: torch.Tensor) -> NoiseStreams:
+        """The streams of the kept trajectories, each where it was."""
+        out = NoiseStreams.__new__(NoiseStreams)
+        out.generators = [g for g, k in zip(self.generators, keep_sys, strict=True) if k]
+        out.n_atoms = [n for n, k in zip(self.n_atoms, keep_sys, strict=True) if k]
+        out.device, out.dtype, out.chunk, out._pos = self.device, self.dtype, self.chunk, self._pos
+        out._buf = None if self._buf is None else self._buf[:, atom_keep]
+        return out
+
+
 @dataclass
 class Langevin:
     """Per-atom Langevin coefficients for a time step ``dt``.
@@ -79,23 +122,23 @@ class Langevin:
     Attributes:
         c1: ``[n_atoms, 1]`` exp(−γ dt) (1 where γ = 0: those atoms follow NVE).
         noise_per_sqrt_kT: ``[n_atoms, 1]`` √((1 − c₁²) / m): times √(k_B T) gives the O step's noise.
-        generator: the seeded source of the noise.
+        noise: the per-trajectory seeded noise.
     """
 
     c1: torch.Tensor
     noise_per_sqrt_kT: torch.Tensor
-    generator: torch.Generator
+    noise: NoiseStreams
 
     @classmethod
     def create(cls, friction_per_fs: torch.Tensor, masses: torch.Tensor, dt_fs: float,
-               generator: torch.Generator) -> Langevin:
+               noise: NoiseStreams) -> Langevin:
         """Coefficients for per-atom friction ``γ`` (1/fs) and masses (amu)."""
         c1 = torch.exp(-friction_per_fs * dt_fs)[:, None]
-        return cls(c1, torch.sqrt((1.0 - c1 * c1) / masses[:, None]), generator)
+        return cls(c1, torch.sqrt((1.0 - c1 * c1) / masses[:, None]), noise)
 
-    def select(self, atom_keep: torch.Tensor) -> Langevin:
-        """The coefficients of the kept atoms."""
-        return Langevin(self.c1[atom_keep], self.noise_per_sqrt_kT[atom_keep], self.generator)
+    def select(self, keep_sys: list[bool], atom_keep: torch.Tensor) -> Langevin:
+        """The coefficients and noise streams of the kept trajectories."""
+        return Langevin(self.c1[atom_keep], self.noise_per_sqrt_kT[atom_keep], self.noise.select(keep_sys, atom_keep))
 
 
 def baoab_step(state: MDState, force_fn: ForceFn, dt: float, langevin: Langevin,
@@ -104,7 +147,7 @@ def baoab_step(state: MDState, force_fn: ForceFn, dt: float, langevin: Langevin,
     half = 0.5 * dt / state.masses[:, None]
     v = state.velocities + half * state.forces
     x = state.positions + 0.5 * dt * v
-    noise = torch.randn(v.shape, dtype=v.dtype, device=v.device, generator=langevin.generator)
+    noise = langevin.noise.next()
     sigma = langevin.noise_per_sqrt_kT * torch.sqrt(KB_EV_PER_K * temperature_K)[:, None]
     v = langevin.c1 * v + sigma * noise
     x = x + 0.5 * dt * v

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from mdgate.checkspec import H_LOSS_DISTANCE_A
-from mdgate.initial import BOND_CUTOFF_MULT, degrees_of_freedom, find_bonds, maxwell_boltzmann, replica_seed  # noqa: F401 (re-exported)
-from mdgate.integrators import Langevin, MDState, baoab_step, md_init, verlet_step
+from mdgate.initial import BOND_CUTOFF_MULT, degrees_of_freedom, find_bonds, maxwell_boltzmann, noise_seed, replica_seed  # noqa: F401 (re-exported)
+from mdgate.integrators import Langevin, MDState, NoiseStreams, baoab_step, md_init, verlet_step
 from mdgate.molecules import Molecule
 from mdgate.neighbors import NeighborList
 from mdgate.potentials import Potential
@@ -123,7 +123,8 @@ class Ramp:
 class TrajectorySpec:
     """One trajectory to run: molecule, replica, length, stop limits and thermostat.
 
-    ``ramp`` ``None`` is NVE. ``frame_every`` > 0 keeps a positions snapshot every that many
+    ``ramp`` ``None`` is NVE; a thermostatted trajectory draws its noise from its own
+    generator seeded by ``noise_seed``. ``frame_every`` > 0 keeps a positions snapshot every that many
     steps (a multiple of the record interval) for the oracle stage.
     """
 
@@ -134,6 +135,7 @@ class TrajectorySpec:
     limits: StopLimits
     ramp: Ramp | None = None
     frame_every: int = 0
+    noise_seed: int = 0
 
     @property
     def stage(self) -> str:
@@ -260,12 +262,13 @@ def _setup(specs: list[TrajectorySpec], device: torch.device) -> tuple[_Batch, n
 
 
 def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs: float, record_every: int = 10,
-              neighbor_skin_A: float = 0.0, seed: int = 0, progress: ProgressFn | None = None,
+              neighbor_skin_A: float = 0.0, progress: ProgressFn | None = None,
               compile_at_step: int | None = None) -> list[Trajectory]:
     """Run every trajectory of ``specs`` in one batch, one model call per step.
 
     NVE trajectories use velocity Verlet; with any thermostatted trajectory the batch uses BAOAB,
-    which is velocity Verlet for the NVE ones (γ = 0). ``seed`` seeds the thermostat noise.
+    which is velocity Verlet for the NVE ones (γ = 0). Each thermostatted trajectory has its own
+    noise stream (``TrajectorySpec.noise_seed``): a trajectory does not depend on its batch.
     With ``compile_at_step`` the potential's ``request_compile()`` is called before that step.
 
     Returns:
@@ -288,9 +291,11 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
     state = md_init(torch.as_tensor(pos, dtype=f64, device=dev), torch.as_tensor(vel, dtype=f64, device=dev),
                     torch.as_tensor(masses, dtype=f64, device=dev), sysi, forces)
     thermo = bool((batch.ramp[:, 3] > 0).any())
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    langevin = Langevin.create(batch.ramp[:, 3][sysi], state.masses, timestep_fs, gen) if thermo else None
+    langevin = None
+    if thermo:
+        noise = NoiseStreams([sp.noise_seed if sp.ramp is not None else None for sp in specs],
+                             [len(sp.molecule.atoms) for sp in specs], dev)
+        langevin = Langevin.create(batch.ramp[:, 3][sysi], state.masses, timestep_fs, noise)
     dt = timestep_fs * FS
     e0: torch.Tensor | None = None
     t_prev: torch.Tensor | None = None
@@ -319,7 +324,7 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
             keep_t = torch.as_tensor(keep, device=dev)
             batch, atom_keep, new_sysi = batch.select(keep_t, state.system_idx)
             state = state.select(atom_keep, keep_t, new_sysi)
-            langevin = langevin.select(atom_keep) if langevin is not None else None
+            langevin = langevin.select(keep.tolist(), atom_keep) if langevin is not None else None
             e0, t_prev = e0[keep_t], t_prev[keep_t]
             # Molecules do not interact: the survivors' forces stay valid, only pairs change.
             nl = NeighborList(new_sysi, potential.cutoff_A, neighbor_skin_A)
@@ -407,10 +412,12 @@ def nve_specs(molecules: list[Molecule], *, n_replicas: int, n_steps: int, tempe
 
 def stress_specs(molecules: list[Molecule], *, n_replicas: int, ramp: Ramp, n_steps: int, seed: int,
                  limits: StopLimits | None = None, frame_every: int = 0) -> list[TrajectorySpec]:
-    """The heat-stress trajectories: velocities at ``ramp.start_K`` from the stage's own seed."""
+    """The heat-stress trajectories: velocities at ``ramp.start_K`` and thermostat noise, both from
+    the stage's own seed per (molecule, replica).
+    """
     return [TrajectorySpec(mol, r, n_steps, maxwell_boltzmann(
                 mol.atoms, ramp.start_K, np.random.default_rng(replica_seed(seed, mol.name, r))),
-                _stop_limits(limits), ramp, frame_every)
+                _stop_limits(limits), ramp, frame_every, noise_seed(seed, mol.name, r))
             for mol in molecules for r in range(n_replicas)]
 
 
@@ -421,7 +428,7 @@ def run_stress(
 ) -> list[Trajectory]:
     """Langevin NVT (BAOAB) with a temperature ramp, every molecule × replica in one batch.
 
-    The thermostat noise is seeded by ``seed`` too. Each trajectory runs ``n_steps`` unless a
+    The thermostat noise is seeded by ``seed`` too, per trajectory. Each trajectory runs ``n_steps`` unless a
     detector stops it; its :class:`Failure` gives the time to failure and the temperature reached.
 
     Returns:
@@ -430,4 +437,4 @@ def run_stress(
     specs = stress_specs(molecules, n_replicas=n_replicas, ramp=ramp, n_steps=n_steps, seed=seed, limits=limits,
                          frame_every=frame_every)
     return run_batch(potential, specs, timestep_fs=timestep_fs, record_every=record_every,
-                     neighbor_skin_A=neighbor_skin_A, seed=seed, progress=progress)
+                     neighbor_skin_A=neighbor_skin_A, progress=progress)

@@ -227,7 +227,7 @@ def _run_specs(potential: SchnetpackPotential, specs: list, molecules: list[Mole
         for group in [g for g in groups if g]:
             dt = md.timestep_fs if group[0].ramp is None else config.stress.timestep_fs
             trajs += run_batch(potential, group, timestep_fs=dt, record_every=md.record_every,
-                               neighbor_skin_A=md.neighbor_skin_A, seed=config.stress.seed, progress=on_progress,
+                               neighbor_skin_A=md.neighbor_skin_A, progress=on_progress,
                                compile_at_step=compile_step(molecules, config))
     except MdgateError:
         raise

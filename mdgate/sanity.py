@@ -159,10 +159,10 @@ def run_sanity(potential: Potential, molecules: list[Molecule],
             checks[mol.name] = [CheckResult(name=name, value=None, unit=CHECKS[name].unit, bound=b.bound,
                                             comparison=CHECKS[name].comparison, passed=None, required=False,
                                             note=f"not measured: {e}; judged by the MD stages' finite check")
-                                for name in settings.criteria.model_fields
+                                for name in type(settings.criteria).model_fields
                                 if (b := enabled(settings.criteria, name)) is not None]
             continue
         checks[mol.name] = [check(name, figures[mol.name].get(name), b, required=settings.required)
-                            for name in settings.criteria.model_fields
+                            for name in type(settings.criteria).model_fields
                             if (b := enabled(settings.criteria, name)) is not None]
     return figures, checks

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mdgate.config import parse_config
-from mdgate.md import Ramp, run_stress
+from mdgate.md import Ramp, StopLimits, nve_specs, run_batch, run_stress, stress_specs
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_module
@@ -48,6 +48,27 @@ def test_the_ramp_follows_its_target() -> None:
     last = np.mean([np.mean(t.temperature_K[-50:]) for t in trajs])
     assert last == pytest.approx(900.0, rel=0.08)
     assert trajs[0].target_temperature_K[0] == 300.0 and trajs[0].target_temperature_K[-1] == 900.0
+
+
+def test_a_stress_trajectory_does_not_depend_on_its_batch() -> None:
+    """Each thermostatted trajectory has its own noise stream: run alone, with other molecules,
+    with NVE trajectories of another length (one of which stops early), it is the same trajectory.
+    """
+    pot = MorsePairPotential(epsilon_eV=2.0)
+    mols = [Molecule(f"t{k}", tetrahedron("CCCC", rattle_A=0.02, seed=k)) for k in range(4)]
+    ramp = Ramp(300.0, 900.0, 200, 20.0)
+    alone = run_batch(pot, stress_specs(mols[:1], n_replicas=1, ramp=ramp, n_steps=300, seed=5), timestep_fs=0.5)
+    early = StopLimits(max_temperature_K=1.0)  # the NVE trajectories of mols[1] stop at step 0
+    mixed = (nve_specs(mols[1:2], n_replicas=2, n_steps=100, temperature_K=300.0, seed=0, limits=early)
+             + stress_specs(mols, n_replicas=2, ramp=ramp, n_steps=300, seed=5)
+             + nve_specs(mols[2:], n_replicas=1, n_steps=150, temperature_K=300.0, seed=0))
+    together = run_batch(pot, mixed, timestep_fs=0.5)
+    first = [t for t, sp in zip(together, mixed, strict=True) if sp.ramp and sp.molecule is mols[0]]
+    same, other = first
+    assert together[0].failure is not None and together[0].steps_done == 0
+    np.testing.assert_allclose(same.temperature_K, alone[0].temperature_K, rtol=1e-9)
+    np.testing.assert_allclose(same.e_pot_eV, alone[0].e_pot_eV, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(other.temperature_K, same.temperature_K)
 
 
 def test_sanity_rejects_a_non_conservative_model_before_md(tmp_path: Path, good_model_path: Path,
