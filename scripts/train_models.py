@@ -5,7 +5,10 @@ Three kinds of model are trained on the GFN2-xTB molecule set written by
 
 * ``small``: a small PaiNN trained directly on the xTB data (``painn_small.pt``);
 * ``teacher``: a large PaiNN (n_atom_basis 128, 3 interactions) trained on the xTB data;
-* ``student``: smaller PaiNNs distilled from the teacher at a given compression ratio.
+* ``student``: smaller PaiNNs distilled from the teacher at a given compression ratio;
+  ``--direct-forces`` gives a student whose forces come from an equivariant vector head
+  (:class:`mdgate.potentials.direct.DirectForces`) instead of −dE/dR, and
+  ``--stop-after-epochs K`` ends a run after K epochs of its schedule (an early checkpoint).
 
 Every model is a full pickled ``schnetpack.model.NeuralNetworkPotential`` (``torch.save(model)``),
 loadable with ``schnetpack.utils.load_model`` and usable with
@@ -24,6 +27,8 @@ Usage::
     .venv/bin/python scripts/train_models.py small
     .venv/bin/python scripts/train_models.py teacher --max-minutes 45
     .venv/bin/python scripts/train_models.py student --compression 2
+    .venv/bin/python scripts/train_models.py student --compression 5 --direct-forces
+    .venv/bin/python scripts/train_models.py student --compression 20 --stop-after-epochs 1
 """
 
 from __future__ import annotations
@@ -230,7 +235,7 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_model(
-    n_atom_basis: int, n_interactions: int, atomrefs: torch.Tensor
+    n_atom_basis: int, n_interactions: int, atomrefs: torch.Tensor, direct_forces: bool = False
 ) -> spk.model.NeuralNetworkPotential:
     """Build a PaiNN energy/force potential with the atom references as a post-processor.
 
@@ -238,6 +243,9 @@ def build_model(
         n_atom_basis: feature width.
         n_interactions: number of interaction/mixing blocks.
         atomrefs: ``[100]`` per-element reference energies (eV) added back by ``AddOffsets``.
+        direct_forces: forces from a gated equivariant vector head on the representation
+            (:class:`mdgate.potentials.direct.DirectForces`) instead of −dE/dR; the energy head
+            is the same.
 
     Returns:
         The (untrained) model, float32, post-processing on.
@@ -253,7 +261,7 @@ def build_model(
         input_modules=[spk.atomistic.PairwiseDistances()],
         output_modules=[
             spk.atomistic.Atomwise(n_in=n_atom_basis, output_key="energy"),
-            spk.atomistic.Forces(energy_key="energy", force_key="forces"),
+            force_head(n_atom_basis, direct_forces),
         ],
         postprocessors=[
             spk.transform.CastTo64(),
@@ -265,6 +273,16 @@ def build_model(
             ),
         ],
     )
+
+
+def force_head(n_atom_basis: int, direct: bool) -> torch.nn.Module:
+    """The forces output: −dE/dR by autograd, or a direct equivariant vector head."""
+    if not direct:
+        return spk.atomistic.Forces(energy_key="energy", force_key="forces")
+    sys.path.insert(0, str(ROOT))  # the head's class must be importable where the model loads
+    from mdgate.potentials.direct import DirectForces
+
+    return DirectForces(n_in=n_atom_basis, output_key="forces")
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -368,6 +386,8 @@ class TrainSettings:
     grad_clip: float = 10.0
     seed: int = 0
     threads: int = 1
+    stop_after_epochs: int | None = None
+    """End the run after this many epochs of the schedule (an early checkpoint); None: run it out."""
     schedule: str = (
         "linear warm-up, then cosine decay to lr*lr_min_factor over whichever of max_epochs "
         "or max_minutes (wall time) runs out first"
@@ -487,6 +507,9 @@ def train(
     model.do_postprocessing = False
     model.train()
     while progress() < 1.0:
+        if settings.stop_after_epochs is not None and epoch >= settings.stop_after_epochs:
+            log(f"# early checkpoint: stopping after epoch {epoch} of the {settings.max_epochs}-epoch schedule")
+            break
         epoch += 1
         order = rng.permutation(len(train_frames))
         loss_sum, e_abs, f_abs, n_frames_seen, n_comp = 0.0, 0.0, 0.0, 0, 0
@@ -701,7 +724,9 @@ def run(args: argparse.Namespace) -> None:
         width, depth = args.n_atom_basis or 128, args.n_interactions or 3
         minutes = args.max_minutes or 45.0
     else:
-        name = args.name or f"student_{args.compression:g}x"
+        name = args.name or f"student_{args.compression:g}x" + (
+            "_direct" if args.direct_forces else ""
+        ) + (f"_epoch{args.stop_after_epochs}" if args.stop_after_epochs else "")
         teacher_path = Path(args.teacher)
         teacher = spk.utils.load_model(str(teacher_path))
         teacher_params = count_parameters(teacher)
@@ -737,6 +762,17 @@ def run(args: argparse.Namespace) -> None:
             },
         }
         train_frames = distill
+    if args.direct_forces:
+        extra["forces_from"] = (
+            "direct: gated equivariant vector head on PaiNN's vector features "
+            "(mdgate.potentials.direct.DirectForces), not -dE/dR"
+        )
+    if args.stop_after_epochs:
+        extra["early_checkpoint"] = {
+            "stopped_after_epochs": args.stop_after_epochs,
+            "scheduled_epochs": epochs,
+            "note": "the model after the first epochs of the schedule, not the finished run",
+        }
     settings = TrainSettings(
         n_atom_basis=width,
         n_interactions=depth,
@@ -749,6 +785,7 @@ def run(args: argparse.Namespace) -> None:
         val_fraction=args.val_fraction,
         seed=args.seed,
         threads=args.threads,
+        stop_after_epochs=args.stop_after_epochs,
         data=(
             "GFN2-xTB train.extxyz"
             if args.command != "student"
@@ -756,7 +793,7 @@ def run(args: argparse.Namespace) -> None:
         ),
     )
     set_seeds(args.seed)
-    model = build_model(width, depth, atomrefs)
+    model = build_model(width, depth, atomrefs, direct_forces=args.direct_forces)
     n_params = count_parameters(model)
     if args.command == "student":
         extra["compression_ratio"] = round(extra["teacher_parameters"] / n_params, 3)
@@ -838,6 +875,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="student: Gaussian position noise in Å")
     parser.add_argument("--xtb-copies", type=int, default=0,
                         help="student: also train on the xTB-labelled frames this many times")
+    parser.add_argument("--direct-forces", action="store_true",
+                        help="forces from an equivariant vector head instead of -dE/dR (same "
+                             "width and depth as the autograd model)")
+    parser.add_argument("--stop-after-epochs", type=int,
+                        help="end after this many epochs of the (unchanged) schedule: an early "
+                             "checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resume", action="store_true",
