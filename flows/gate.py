@@ -206,15 +206,6 @@ def run_stage(name: str, fn: Any) -> Any:
     return task(name=name, **ENGINE_TASK)(fn)()
 
 
-@task(name="champion", **REGISTRY_TASK)
-def compare_with_champion(settings: Settings, name: str, version: str, result: ValidationResult, sha: str,
-                          work: Path) -> tuple[ValidationResult, list[Any], Any]:
-    """Compare an Approved result with its baseline (``flows/champion.py``): Rejected when worse."""
-    from flows.champion import judge
-
-    return judge(settings, name, version, result, sha, work)
-
-
 @task(name="report", **ENGINE_TASK)
 def write_report(result: ValidationResult, out_dir: Path) -> Path:
     """report.md, report.html, results.json and plots (``mdgate.report.write_report``)."""
@@ -271,8 +262,9 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     shutil.rmtree(work, ignore_errors=True)
     source = f"{name} v{version}"
     extra: dict[str, str] = {}
+    applied = gate_config
     try:
-        result, extra = run_gate(settings, claim, gate_config, work, key, source)
+        result, extra, applied = run_gate(settings, claim, gate_config, work, key, source)
     except (TransientRegistryError, LeaseLostError, DaskUnavailableError):
         raise
     except HostStorageError as e:
@@ -282,18 +274,19 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
     except Exception as e:  # a bug must not leave the version Running until its lease expires
         logger.error("gate failed: %s", traceback.format_exc())
         result = _error(f"internal error: {type(e).__name__}: {e}", source, gate_config)
-    comparisons: list[Any] = []
     baseline = None
     if result.verdict == Verdict.APPROVED and settings.champion:
-        result, comparisons, baseline = compare_with_champion(settings, name, str(version), result, sha, work)
+        from flows.champion import champion_comparison
+
+        result, baseline = champion_comparison(settings, claim, result, sha, applied, work, key)
     pub, report_dir, result = store_verdict(settings, claim, result, work, sha, extra, source, gate_config)
     if report_dir is not None:
         publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
-    if comparisons:
+    if baseline is not None and baseline.comparisons:
         from flows.champion import comparison_rows
 
-        create_table_artifact(comparison_rows(comparisons, baseline), key=f"{key}-champion",
-                              description=f"{name} v{version} against its baseline")
+        create_table_artifact(comparison_rows(baseline), key=f"{key}-champion",
+                              description=f"{name} v{version} against its {baseline.title}")
     shutil.rmtree(work, ignore_errors=True)
     logger.info("%s/%s: %s: %s (validation run %s)", name, version, pub.status.value, result.reason,
                 pub.run_url)
@@ -356,28 +349,41 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
 
 
 def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Path, key: str,
-             source: str) -> tuple[ValidationResult, dict[str, str]]:
-    """Fetch, load, then the engine's pipeline (``mdgate.runner.run_pipeline``) with one MD task
-    per molecule and each other stage as a task.
+             source: str) -> tuple[ValidationResult, dict[str, str], GateConfig]:
+    """Fetch the candidate, then measure it (:func:`run_measurement`) under the configured
+    criteria with its own validation sets. Returns the result, the tags naming those sets, and
+    the config as applied.
 
     Raises:
         MdgateError: the model or its sets are unusable (the gate ends as Error).
     """
+    candidate = fetch_candidate(settings, claim.name, claim.version, work)
+    config, extra = effective_config(gate_config, candidate)
+    return run_measurement(settings, claim, candidate, config, work, key, source), extra, config
+
+
+def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: GateConfig, work: Path, key: str,
+                    source: str, md_prefix: str = "md") -> ValidationResult:
+    """Load a fetched model, then the engine's pipeline (``mdgate.runner.run_pipeline``) with one
+    MD task per molecule (``<md_prefix>-<molecule>``) and each other stage as a task, under the
+    gate's lease. The candidate and, for the champion comparison, its baseline are measured so.
+
+    Raises:
+        MdgateError: the model or its sets are unusable.
+    """
     from mdgate.config import OracleKind
     from mdgate.runner import run_pipeline
 
-    candidate = fetch_candidate(settings, claim.name, claim.version, work)
-    config, extra = effective_config(gate_config, candidate)
     t0 = time.perf_counter()
-    inputs = load_candidate(candidate.model_path, config, candidate.meta, settings.md_timeout_s)
+    inputs = load_candidate(model.model_path, config, model.meta, settings.md_timeout_s)
     parent = parent_level = None
     if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT:
-        parent, parent_level = load_parent(settings, candidate.meta, config, work)
-    result = run_pipeline(inputs, config, candidate.meta, source,
-                          map_md=lambda mols: run_molecules(settings, claim, inputs, config, key),
+        parent, parent_level = load_parent(settings, model.meta, config, work)
+    result = run_pipeline(inputs, config, model.meta, source,
+                          map_md=lambda mols: run_molecules(settings, claim, inputs, config, key, md_prefix),
                           run_stage=run_stage, parent=parent, parent_level=parent_level)
     result.timing.total_s = time.perf_counter() - t0
-    return result, extra
+    return result
 
 
 def load_parent(settings: Settings, meta: ModelMeta, config: GateConfig, work: Path) -> tuple[Any, str | None]:
@@ -416,8 +422,8 @@ def effective_config(gate_config: GateConfig, candidate: Candidate) -> tuple[Gat
 
 
 def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateConfig,
-                  key: str) -> list[Any]:
-    """One MD task per molecule, at most ``settings.md_parallel`` at a time.
+                  key: str, md_prefix: str = "md") -> list[Any]:
+    """One MD task per molecule (``<md_prefix>-<molecule>``), at most ``settings.md_parallel`` at a time.
 
     Raises:
         MdgateError: a task timed out or the model failed during MD.
@@ -445,7 +451,7 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
     while (pending and failure is None) or running:
         while pending and failure is None and len(running) < n_parallel:
             mol = pending.pop(0)
-            future = md_task.with_options(task_run_name=f"md-{mol.name}").submit(
+            future = md_task.with_options(task_run_name=f"{md_prefix}-{mol.name}").submit(
                 inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort)
             running[future.wrapped_future] = (mol, future)
         done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)

@@ -1,13 +1,23 @@
 """The gate's decision rules on results built in code (no servers, no MD): which results a
-person reviews (within the margin of a bound), and the champion comparison per check.
+person reviews (within the margin of a bound), the champion comparison per check, what the reason
+says about the baseline.
 """
 
 from __future__ import annotations
 
-from flows.champion import compare
+from flows.champion import compare, judge
 from flows.review import borderline_checks, review_reason
 from flows.settings import ChampionRule, load_settings
-from mdgate.results import AccuracyResult, CheckResult, ModelInfo, MoleculeResult, ValidationResult, Verdict
+from mdgate.report_champion import REMEASURED, STORED
+from mdgate.results import (
+    AccuracyResult,
+    CheckResult,
+    ModelInfo,
+    MoleculeResult,
+    ValidationResult,
+    Verdict,
+)
+from registry.types import VersionInfo
 
 
 def check(name: str, value: float, bound: float, comparison: str = "<=", required: bool = True) -> CheckResult:
@@ -60,3 +70,33 @@ def test_champion_comparison_per_check_direction() -> None:
     # better than the champion is never worse; checks without a rule are not compared
     assert not any(c.worse for c in compare(result(0.999, 0.01), champion, rules))
     assert compare(result(0.5, 9.0), champion, {}) == []
+
+
+RULES = {"min_force_r2": ChampionRule(max_absolute_change=0.005),
+         "drift_slope_meV_per_atom_per_ps": ChampionRule(max_relative_change=2.0)}
+
+
+def test_judge_names_the_baseline_and_where_its_figures_come_from() -> None:
+    settings = load_settings(champion=RULES)
+    v1 = VersionInfo(name="m", version="1", criteria_sha256="old")
+    first, section = judge(settings, "m", result(0.97, 0.31), None, None)
+    assert first.verdict == Verdict.APPROVED and first.reason.endswith("; no champion to compare with "
+                                                                       "(first approved version)")
+    assert section.label is None
+    rejected, section = judge(settings, "m", result(0.97, 0.31), v1, result(0.995, 0.1), REMEASURED,
+                              "its own were judged under other criteria")
+    assert rejected.verdict == Verdict.REJECTED and rejected.decided_by == "champion/drift_slope_meV_per_atom_per_ps"
+    assert rejected.reason.startswith("worse than the champion v1: nve/ethanol: drift_slope_meV_per_atom_per_ps")
+    assert rejected.reason.endswith("(champion's figures re-measured by this gate under the current criteria, "
+                                    "its own were judged under other criteria)")
+    assert section.title == "champion v1" and section.origin == REMEASURED and len(section.comparisons) == 2
+    approved, _ = judge(settings, "m", result(0.994, 0.12), v1, result(0.995, 0.1), STORED)
+    assert approved.verdict == Verdict.APPROVED
+    assert approved.reason.endswith("; no worse than the champion v1 (2 figures compared; stored figures)")
+    # figures that could not be obtained are stated, never a silent pass
+    stated, section = judge(settings, "m", result(0.97, 0.31), v1, None, REMEASURED,
+                            "it has no stored results.json, and running it failed (model file missing)")
+    assert stated.verdict == Verdict.APPROVED
+    assert "champion v1 not compared: it has no stored results.json" in stated.reason
+    assert section.comparisons == []
+
