@@ -207,11 +207,13 @@ def run_stage(name: str, fn: Any) -> Any:
 
 
 @task(name="report", **ENGINE_TASK)
-def write_report(result: ValidationResult, out_dir: Path) -> Path:
-    """report.md, report.html, results.json and plots (``mdgate.report.write_report``)."""
+def write_report(result: ValidationResult, out_dir: Path, baseline: Any = None) -> Path:
+    """report.md, report.html, results.json and plots (``mdgate.report.write_report``), with the
+    comparison with the baseline when one was made.
+    """
     from mdgate.report import write_report as write
 
-    write(result, out_dir)
+    write(result, out_dir, baseline)
     return out_dir
 
 
@@ -279,7 +281,8 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
         from flows.champion import champion_comparison
 
         result, baseline = champion_comparison(settings, claim, result, sha, applied, work, key)
-    pub, report_dir, result = store_verdict(settings, claim, result, work, sha, extra, source, gate_config)
+    pub, report_dir, result = store_verdict(settings, claim, result, work, sha, extra, source, gate_config,
+                                            baseline)
     if report_dir is not None:
         publish_prefect_artifacts(key, name, str(version), result, report_dir, pub)
     if baseline is not None and baseline.comparisons:
@@ -306,9 +309,10 @@ def gate_model_version(name: str, version: str, force: bool = False, config: str
 
 
 def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, work: Path, sha: str,
-                  extra: dict[str, str], source: str,
-                  gate_config: GateConfig) -> tuple[Publication, Path | None, ValidationResult]:
-    """Write the report and publish the verdict (report first, status last).
+                  extra: dict[str, str], source: str, gate_config: GateConfig,
+                  baseline: Any = None) -> tuple[Publication, Path | None, ValidationResult]:
+    """Write the report (with the comparison with ``baseline``, a ``BaselineComparison``, when
+    one was made) and publish the verdict (report first, status last).
 
     A verdict is never published without its report: when the report cannot be written on the
     gate host (disk full) or stored in MLflow's artifact store while the tracking server answers
@@ -319,7 +323,7 @@ def store_verdict(settings: Settings, claim: Claim, result: ValidationResult, wo
     from flows.servers import is_up
 
     try:
-        report_dir: Path | None = write_report(result, work / "report")
+        report_dir: Path | None = write_report(result, work / "report", baseline)
     except OSError as e:
         report_dir = None
         why = f"[Errno {e.errno}] {e.strerror}"

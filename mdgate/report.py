@@ -10,6 +10,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from mdgate.checkspec import CHECKS, Stage
+from mdgate.report_champion import REMEASURED, BaselineComparison, champion_section, write_overlays
 from mdgate.report_stages import _status, fmt, plot_stress, stage_sections
 from mdgate.results import CheckResult, MoleculeResult, ValidationResult, Verdict
 
@@ -53,8 +54,11 @@ def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, int, C
     return n_pass, n_fail, n_all, spec
 
 
-def render_markdown(result: ValidationResult, plots: dict[str, str] | None = None) -> str:
-    """Render the report as Markdown (tables are GFM pipe tables)."""
+def render_markdown(result: ValidationResult, plots: dict[str, str] | None = None,
+                    baseline: BaselineComparison | None = None) -> str:
+    """Render the report as Markdown (tables are GFM pipe tables), with the comparison with the
+    baseline when one was made.
+    """
     plots = plots or {}
     m = result.model
     md = result.criteria.get("config", {}).get("md", {})
@@ -153,6 +157,8 @@ def render_markdown(result: ValidationResult, plots: dict[str, str] | None = Non
             f"| {fmt(_v(s, 'total_drift_percent'))} | {fmt(_v(s, 'max_bond_deviation_A'))} "
             f"| {fmt(_v(s, 'max_temperature_K'))} | {'PASS' if mol.passed else 'FAIL'} |")
     add("")
+    if baseline is not None:
+        champion_section(baseline, plots, add)
     add("## Detailed Results")
     add("")
     for mol in result.molecules:
@@ -389,8 +395,12 @@ def plot_molecule(mol: MoleculeResult, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html``, ``results.json`` and ``plots/*.png`` to ``out_dir``."""
+def write_report(result: ValidationResult, out_dir: Path,
+                 baseline: BaselineComparison | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html``, ``results.json`` and ``plots/*.png`` to ``out_dir``;
+    with a ``baseline``, the side-by-side section, its overlaid plots and, when the gate measured
+    the baseline itself, its result as ``baseline_results.json``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
     files: dict[str, Path] = {}
@@ -411,7 +421,14 @@ def write_report(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
             plots[f"stress:{mol.name}"] = rel
             mol.plot = rel
             files[rel] = out_dir / rel
-    markdown = render_markdown(result, plots)
+    if baseline is not None:
+        overlays = write_overlays(result, baseline, out_dir)
+        plots.update(overlays)
+        files.update({rel: out_dir / rel for rel in overlays.values()})
+        if baseline.result is not None and baseline.origin == REMEASURED:
+            files["baseline_results.json"] = out_dir / "baseline_results.json"
+            files["baseline_results.json"].write_text(baseline.result.model_dump_json(indent=1), encoding="utf-8")
+    markdown = render_markdown(result, plots, baseline)
     files["report.md"] = out_dir / "report.md"
     files["report.md"].write_text(markdown)
     files["report.html"] = out_dir / "report.html"

@@ -1,7 +1,8 @@
 """Champion comparison end to end on real MLflow and Prefect servers, when the champion's stored
 figures cannot be used: the champion was judged under other criteria, so the gate runs it itself
 on the candidate's molecules and seeds under the current criteria, and a much worse candidate is
-still Rejected, naming the champion and saying its figures were re-measured.
+still Rejected, naming the champion and saying its figures were re-measured; the report shows
+candidate and champion side by side.
 """
 
 from __future__ import annotations
@@ -63,3 +64,19 @@ def test_champion_judged_under_other_criteria_is_re_measured(stack: Stack, regis
     assert info.reason.endswith("(champion's figures re-measured by this gate under the current criteria, "
                                 "its own were judged under other criteria)"), info.reason
     assert registry.alias_version(name) == champion
+    # The report shows both side by side, with the champion's re-measured result beside it.
+    client = registry.client
+    report = Path(client.download_artifacts(info.validation_run, "report.md", str(tmp_path / "report"))).read_text()
+    assert "## Comparison with the champion" in report
+    assert f"**Baseline**: champion v{champion}; its figures were re-measured by this gate" in report
+    assert f"| Check | Place | Candidate | Baseline (v{champion}) | Allowed | Worse? |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| min_force_r2 | accuracy |"))
+    assert row.endswith("| **WORSE** |"), row
+    plots = [line for line in report.splitlines() if line.startswith("![Energy drift of ") and "vs champion" in line]
+    assert len(plots) == len(small_set.names), report
+    stored = {a.path for a in client.list_artifacts(info.validation_run, "plots")}
+    assert {p.split("(")[1].rstrip(")") for p in plots} <= stored
+    measured = json.loads(Path(client.download_artifacts(info.validation_run, "baseline_results.json",
+                                                         str(tmp_path / "baseline"))).read_text())
+    assert measured["criteria"]["sha256"] == info.criteria_sha256 and measured["verdict"] == "Approved"
+    assert measured["model"]["source"] == f"{name} v{champion}"

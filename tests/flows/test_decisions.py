@@ -1,19 +1,25 @@
 """The gate's decision rules on results built in code (no servers, no MD): which results a
 person reviews (within the margin of a bound), the champion comparison per check, what the reason
-says about the baseline.
+and the report say about the baseline.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
 from flows.champion import compare, judge
 from flows.review import borderline_checks, review_reason
 from flows.settings import ChampionRule, load_settings
+from mdgate.report import write_report
 from mdgate.report_champion import REMEASURED, STORED
 from mdgate.results import (
     AccuracyResult,
     CheckResult,
     ModelInfo,
     MoleculeResult,
+    ReplicaResult,
     ValidationResult,
     Verdict,
 )
@@ -100,3 +106,34 @@ def test_judge_names_the_baseline_and_where_its_figures_come_from() -> None:
     assert "champion v1 not compared: it has no stored results.json" in stated.reason
     assert section.comparisons == []
 
+
+def with_series(r: ValidationResult, slope: float) -> ValidationResult:
+    t = [0.0, 0.01, 0.02, 0.03]
+    rep = ReplicaResult(replica=0, steps_done=60, metrics={}, checks=[], series={
+        "time_ps": t, "e_tot_minus_e0_meV_per_atom": [slope * x for x in t], "temperature_K": [300.0] * 4})
+    r.molecules[0].replicas = [rep]
+    return r
+
+
+def test_report_shows_candidate_and_baseline_side_by_side(tmp_path: Path) -> None:
+    settings = load_settings(champion=RULES)
+    v1 = VersionInfo(name="m", version="1")
+    rejected, section = judge(settings, "m", with_series(result(0.97, 0.31), 0.31), v1,
+                              with_series(result(0.995, 0.1), 0.1), REMEASURED,
+                              "its own were judged under other criteria")
+    files = write_report(rejected, tmp_path, section)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Comparison with the champion" in md
+    assert "**Baseline**: champion v1; its figures were re-measured by this gate" in md
+    assert "| Check | Place | Candidate | Baseline (v1) | Allowed | Worse? |" in md
+    assert "| min_force_r2 | accuracy | 0.97 u | 0.995 u | >= 0.99 | **WORSE** |" in md
+    assert "![Energy drift of ethanol: candidate vs champion v1](plots/baseline_ethanol.png)" in md
+    assert (tmp_path / "plots" / "baseline_ethanol.png").stat().st_size > 1000
+    assert "baseline_results.json" in files
+    tables = [t for t in MarkdownIt("commonmark").enable("table").parse(md) if t.type == "table_open"]
+    assert len(tables) >= 3
+    # no baseline: the section says so
+    first, section = judge(settings, "m", with_series(result(0.97, 0.31), 0.31), None, None)
+    write_report(first, tmp_path / "first", section)
+    md = (tmp_path / "first" / "report.md").read_text()
+    assert "No champion to compare with (first approved version): the verdict rests on the absolute bounds" in md
