@@ -25,7 +25,7 @@ from prefect.runner import Runner
 from flows.gate import gate_model_version, registry_for
 from flows.servers import ServerProcess, ensure_local_servers
 from flows.settings import DEPLOYMENT, Settings
-from flows.sweep import astart_gate, sweep_registry
+from flows.sweep import start_gate_for_version, sweep_registry
 from flows.webhook import create_app
 from mdgate.config import load_config
 
@@ -79,16 +79,12 @@ class Receiver:
     """The webhook receiver on a uvicorn server in a background thread."""
 
     def __init__(self, settings: Settings, secret: str, criteria_sha256: str):
-        registry = registry_for(settings)
-
         async def start(name: str, version: str) -> str:
-            run = await astart_gate(settings, name, version, 0, criteria_sha256)
-            # Running within seconds: the version is claimed for the run, which adopts the claim.
-            outcome = await asyncio.to_thread(registry.claim, name, version, settings.lease_s, str(run.id),
-                                              queued=True)
-            logger.info("webhook: gate %s/%s → flow run %s (%s)", name, version, run.id,
-                        "claimed" if outcome.claim else outcome.reason)
-            return str(run.id)
+            # A new version: claim generation 0. Off the event loop: the start is blocking I/O.
+            started = await asyncio.to_thread(start_gate_for_version, settings, name, version, 0, criteria_sha256)
+            logger.info("webhook: gate %s/%s → flow run %s (%s)", name, version, started.flow_run,
+                        "claimed" if started.claimed else started.reason)
+            return started.flow_run
 
         app = create_app(secret, start, settings.webhook_tolerance_s, settings.webhook_max_body_bytes,
                          gates_model=settings.gates_model)

@@ -1,25 +1,26 @@
-"""Triggers shared by the webhook receiver and the registry sweep, and the sweep flow.
+"""Starting a gate for a version, shared by the webhook receiver and the registry sweep, and the
+sweep flow.
 
-A trigger only creates a run of the gate deployment. Runs for the same version and claim
-generation share an idempotency key, so Prefect keeps one run however many triggers arrive;
-the claim inside the flow is the final guard.
+A trigger only creates a run of the gate deployment and claims the version for it
+(:func:`start_gate_for_version`). Runs for the same version and claim generation share an
+idempotency key, so Prefect keeps one run however many triggers arrive (and a retried start
+finds the run it created); the claim inside the flow is the final guard.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.deployments.flow_runs import arun_deployment
 
 from flows.gate import REGISTRY_TASK, registry_for
 from flows.settings import SWEEP_FLOW, Settings, load_settings
 from mdgate.config import load_config
-from registry.types import ClaimOutcome, VersionInfo
+from registry.types import VersionInfo
 
 
 def gate_key(name: str, version: str, generation: int, criteria_sha256: str) -> str:
@@ -37,10 +38,36 @@ def gate_run_arguments(settings: Settings, name: str, version: str, generation: 
     )
 
 
-async def astart_gate(settings: Settings, name: str, version: str, generation: int,
-                      criteria_sha256: str) -> FlowRun:
-    """Start a gate run (async; for the webhook receiver)."""
-    return await arun_deployment(**gate_run_arguments(settings, name, version, generation, criteria_sha256))
+@dataclass
+class GateStart:
+    """A gate run created for a version, and whether the version was claimed for it."""
+
+    flow_run: str
+    claimed: bool
+    reason: str
+    """Why the version was not claimed (empty when it was)."""
+
+
+def start_gate_for_version(settings: Settings, name: str, version: str, generation: int,
+                           criteria_sha256: str) -> GateStart:
+    """Create a run of the gate deployment for a version and claim the version for it (status
+    Running within seconds; the run adopts the claim when it starts). Safe to repeat: the same
+    version, generation and criteria give the same run.
+
+    Args:
+        settings: the gate settings (deployment name, lease).
+        name: registered model name.
+        version: model version.
+        generation: the version's current claim generation (0 for a version never gated).
+        criteria_sha256: the current criteria's hash.
+
+    Raises:
+        TransientRegistryError: the claim could not be written (the run exists; repeating finds it).
+    """
+    run = run_deployment(**gate_run_arguments(settings, name, str(version), generation, criteria_sha256))
+    run_id = str(run.id)  # type: ignore[union-attr]
+    outcome = registry_for(settings).claim(name, str(version), settings.lease_s, run_id, queued=True)
+    return GateStart(run_id, outcome.claim is not None, outcome.reason or "")
 
 
 @task(name="find-due", **REGISTRY_TASK)
@@ -50,19 +77,10 @@ def find_due(settings: Settings) -> list[VersionInfo]:
     return [v for v in due if settings.gates_model(v.name)]
 
 
-@task(name="start-gate", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=5)
-def start_gate(settings: Settings, version: VersionInfo, criteria_sha256: str) -> str:
-    """Create a run of the gate deployment for one version; return the flow run id."""
-    run = run_deployment(**gate_run_arguments(settings, version.name, version.version, version.claim,
-                                              criteria_sha256))
-    return str(run.id)  # type: ignore[union-attr]
-
-
-@task(name="claim-for-run", **REGISTRY_TASK)
-def claim_for_run(settings: Settings, version: VersionInfo, flow_run: str) -> ClaimOutcome:
-    """Mark the version Running for the gate run just created (the run adopts the claim)."""
-    return registry_for(settings).claim(version.name, version.version, settings.lease_s, flow_run,
-                                        queued=True)
+@task(name="start-gate", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[5, 30])
+def start_gate(settings: Settings, version: VersionInfo, criteria_sha256: str) -> GateStart:
+    """Start a gate for one version (:func:`start_gate_for_version`)."""
+    return start_gate_for_version(settings, version.name, version.version, version.claim, criteria_sha256)
 
 
 @task(name="release-abandoned-run", cache_policy=NO_CACHE, persist_result=False, retries=2,
@@ -120,12 +138,12 @@ def sweep_registry(limit: int = 100) -> list[str]:
     for v in due[:limit]:
         if v.status is not None and v.status.value == "Running" and v.flow_run:
             release_abandoned_run(v, return_state=True)  # best effort: never blocks the new gate
-        run_id = start_gate(settings, v, sha)
-        claim_for_run(settings, v, run_id)
+        started_gate = start_gate(settings, v, sha)
         why = "no status" if v.status is None else v.status.value
         if v.status is not None and v.status.value == "Running":
             why += " (lease expired)"
-        logger.info("gate started for %s (%s): flow run %s", v.ref, why, run_id)
+        logger.info("gate started for %s (%s): flow run %s (%s)", v.ref, why, started_gate.flow_run,
+                    "claimed" if started_gate.claimed else started_gate.reason)
         started.append(v.ref)
     if not due:
         logger.info("nothing to gate")

@@ -28,7 +28,8 @@ TIMESTAMP_HEADER = "x-mlflow-timestamp"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 
 StartGate = Callable[[str, str], Awaitable[str]]
-"""``start_gate(name, version) -> flow run id``."""
+"""``start_gate(name, version) -> flow run id``; ``mdgate serve`` gives the helper the sweep uses too
+(``flows.sweep.start_gate_for_version``: create the gate run, claim the version for it)."""
 
 
 class WebhookRejected(Exception):
