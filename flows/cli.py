@@ -225,16 +225,11 @@ def demo(
         table = run_demo(settings, models_dir, timeout_s, echo=typer.echo)
     except (MdgateError, RuntimeError, TimeoutError, FileNotFoundError) as e:
         raise fail(f"{e} (servers log: {settings.home / 'logs'}; stop them with `mdgate demo --stop`)") from None
-    from rich.console import Console
-    from rich.table import Table
+    from flows.demo import render_study
 
-    out = Table(title="Compression study: teacher and distilled students, gated by MD")
-    cols = list(table[0]) if table else []
-    for col in cols:
-        out.add_column(col, overflow="fold", max_width=48 if col == "report" else None)
-    for row in table:
-        out.add_row(*(row[c] for c in cols))
-    Console(width=200).print(out)
+    typer.echo("\nCompression study: teacher and distilled students, gated by MD\n")
+    typer.echo(render_study(table))
+    typer.echo(f"\nreports:    {settings.home / 'demo-reports'}/v<version>/report.md")
     prefect_ui = settings.prefect_api_url.removesuffix("/api")
     typer.echo(f"MLflow UI:  {settings.tracking_uri}/#/models/painn-md17")
     typer.echo(f"Prefect UI: {prefect_ui}/runs")

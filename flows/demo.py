@@ -3,8 +3,12 @@
 Starts ``mdgate serve`` (which starts MLflow and Prefect on 127.0.0.1 with SQLite) in the
 background, registers the example teacher and its distilled students as versions of one
 registered model (students carry ``mdgate.parent`` → the teacher), waits while the webhook
-path gates each one, and prints the study's table. The servers keep running so that the UIs
-can be browsed; ``mdgate demo --stop`` stops them.
+path gates each one, showing each gate's progress as the Prefect UI does
+(``flows/demo_progress.py``), and prints the study's table (:func:`render_study`, 100 columns).
+The study holds two students made to show what the gate is for: one whose forces come from a
+vector head instead of −dE/dR, and an early checkpoint of the smallest one
+(``scripts/README.md``). The servers keep running so that the UIs can be browsed;
+``mdgate demo --stop`` stops them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,8 +32,13 @@ from registry import types as T
 from registry.artifacts import download, file_sha256
 
 MODEL_NAME = "painn-md17"
-#: (file stem in examples/models, parent stem or None) in registration order.
-STUDY = (("teacher", None), ("student_2x", "teacher"), ("student_5x", "teacher"), ("student_20x", "teacher"))
+#: (file stem in examples/models, parent stem or None) in registration order: the teacher, its
+#: distilled students, a student with direct (non-conservative) forces, and the smallest
+#: student's checkpoint after 1 of its 10 epochs.
+STUDY = (("teacher", None), ("student_2x", "teacher"), ("student_5x", "teacher"), ("student_20x", "teacher"),
+         ("student_5x_direct", "teacher"), ("student_20x_epoch1", "teacher"))
+#: Width the study's table and the progress lines fit in.
+WIDTH = 100
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -139,25 +149,54 @@ def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
     return rows
 
 
-def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float, echo) -> None:
-    """Poll the registry until every version has a final status, printing changes."""
-    seen: dict[str, str] = {}
+def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float,
+                      steps_per_molecule: int | None = None, out=None, live: bool | None = None) -> None:
+    """Poll the registry until every version has a final status, showing each gate's progress.
+
+    The status comes from MLflow; stage, molecules done, MD steps and elapsed time of a running
+    gate from the Prefect API (``flows/demo_progress.py``). ``out``/``live``: where and how the
+    lines are drawn (default: stdout, redrawn in place when it is a terminal).
+    """
+    from flows.demo_progress import Board, progress_line, read_view
+
+    board = Board(out or sys.stdout, live=live, width=WIDTH)
     deadline = time.monotonic() + timeout_s
-    while True:
-        pending = 0
-        for row in rows:
-            row.version = registry.get_version(MODEL_NAME, row.version.version)
-            status = row.version.status.value if row.version.status else "(no status yet)"
-            if seen.get(row.stem) != status:
-                echo(f"  {time.strftime('%H:%M:%S')} v{row.version.version} {row.stem}: {status}")
-                seen[row.stem] = status
-            if not (row.version.status and row.version.status.is_final):
-                pending += 1
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{pending} versions still not gated after {timeout_s:g} s")
-        time.sleep(3.0)
+    with contextlib.ExitStack() as stack:
+        client = _prefect_client(stack)
+        while True:
+            pending, lines = 0, {}
+            for row in rows:
+                row.version = registry.get_version(MODEL_NAME, row.version.version)
+                status = row.version.status.value if row.version.status else "waiting"
+                final = bool(row.version.status and row.version.status.is_final)
+                view = None
+                if client is not None and row.version.flow_run:
+                    try:
+                        view = read_view(client, MODEL_NAME, row.version.version, row.version.flow_run)
+                    except Exception:  # progress is cosmetic: the status line is enough
+                        view = None
+                if final and view is not None:  # a finished gate: its time, not its last stage
+                    view.state, view.stage, view.md_percent, view.molecules_total = "", "", None, None
+                lines[row.stem] = (f"{status} {view.stage if view else ''}",
+                                   progress_line(f"v{row.version.version} {row.stem}", status, view,
+                                                 steps_per_molecule))
+                pending += not final
+            board.update(lines)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pending} versions still not gated after {timeout_s:g} s")
+            time.sleep(3.0)
+
+
+def _prefect_client(stack: contextlib.ExitStack):
+    """A sync Prefect client on ``PREFECT_API_URL`` (closed with ``stack``), or ``None``."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        return stack.enter_context(get_client(sync_client=True))
+    except Exception:
+        return None
 
 
 def fetch_results(registry: Registry, rows: list[Row], out: Path) -> None:
@@ -181,33 +220,120 @@ def _shown_path(path: Path) -> str:
     return str(path)
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _failure_time_ps(replica: dict) -> float | None:
+    """When a stress trajectory failed (``None``: it ran to the end)."""
+    t = (replica.get("metrics") or {}).get("time_to_failure_ps")
+    return t if t is not None else (replica.get("failure") or {}).get("time_ps")
+
+
+def study_row(row: Row) -> dict[str, str]:
+    """One version's figures, all read from its ``results.json`` (``row.results``).
+
+    Keys: ``version``, ``model``, ``parameters``, ``verdict``, ``deciding check`` (``stage/check``
+    of a rejection), ``stress`` (shortest time to failure in the heat stress; ``—`` when every
+    trajectory survived; ``n/a`` when it did not run), ``force R²`` (reference set / oracle on
+    the model's own trajectories), ``NVE drift`` (largest |drift slope|, meV/atom/ps), ``why``
+    (the deciding failure in one line, or the reason of an Error) and ``report``.
+    """
+    r = row.results or {}
+    model = r.get("model") or {}
+    stages = r.get("stages") or {}
+    stress = stages.get("stress") or {}
+    if stress.get("ran") and stress.get("molecules"):
+        times = [t for m in stress["molecules"] for rep in m.get("replicas", [])
+                 if (t := _failure_time_ps(rep)) is not None]
+        ttf = f"{min(times):.2f} ps" if times else "—"
+    else:
+        ttf = "n/a"
+    acc = r.get("accuracy") or {}
+    ref_r2 = acc.get("force_r2") if acc.get("applicable", True) else None
+    oracle = stages.get("oracle") or {}
+    traj_r2 = ((oracle.get("per_molecule") or {}).get("all") or {}).get("force_r2") if oracle.get("ran") else None
+    drifts = [abs(c["value"]) for m in r.get("molecules", []) for c in m.get("checks", [])
+              if c.get("name") == "drift_slope_meV_per_atom_per_ps" and c.get("value") is not None]
+    status = row.version.status.value if row.version.status else (r.get("verdict") or "-")
+    failed = r.get("failed_checks") or []
+    why = "" if status == "Approved" else (failed[0] if failed else r.get("reason", ""))
+    return {
+        "version": f"v{row.version.version}",
+        "model": row.stem,
+        "parameters": f"{model['n_parameters']:,}" if model.get("n_parameters") else "n/a",
+        "verdict": status,
+        "deciding check": r.get("decided_by") or ("" if status == "Approved" else "-"),
+        "stress": ttf,
+        "force R²": f"{_fmt(ref_r2, '.3f')}/{_fmt(traj_r2, '.3f')}",
+        "NVE drift": f"{max(drifts):.3f}" if drifts else "n/a",
+        "why": why,
+        "report": _shown_path(row.report) if row.report else (row.version.report or "-"),
+    }
+
+
 def study_table(rows: list[Row]) -> list[dict[str, str]]:
-    """The study's table: version, parameters, compression, R², drift, stability, verdict, report."""
-    table = []
-    for row in rows:
-        r = row.results or {}
-        model = r.get("model", {})
-        mols = r.get("molecules", [])
-        slopes = [abs(x["summary"].get("drift_slope_meV_per_atom_per_ps") or 0) for x in mols]
-        pct = [x["summary"].get("total_drift_percent") or 0 for x in mols]
-        n_traj = sum(len(x["replicas"]) for x in mols)
-        n_ok = sum(1 for x in mols for rep in x["replicas"] if rep.get("failure") is None)
-        stable = sum(1 for x in mols if x["passed"])
-        acc = r.get("accuracy") or {}
-        ratio = model.get("compression_ratio")
-        table.append({
-            "version": row.version.version,
-            "model": row.stem,
-            "parameters": f"{model['n_parameters']:,}" if model.get("n_parameters") else "-",
-            "compression": f"{ratio:.1f}x" if ratio else "1x",
-            "force R²": f"{acc['force_r2']:.4f}" if acc.get("force_r2") is not None else "-",
-            "max drift (meV/atom/ps)": f"{max(slopes):.3f}" if slopes else "-",
-            "max drift (seed %)": f"{max(pct):.4f}" if pct else "-",
-            "stability": f"{n_ok}/{n_traj} completed, {stable}/{len(mols)} molecules pass" if mols else "-",
-            "verdict": row.version.status.value if row.version.status else "-",
-            "report": _shown_path(row.report) if row.report else (row.version.report or "-"),
-        })
-    return table
+    """The study's table: one :func:`study_row` per version."""
+    return [study_row(row) for row in rows]
+
+
+#: (header line 1, header line 2, key) of the printed table; the last column takes what is left.
+_COLUMNS = (("version", "", "version"), ("params", "", "parameters"), ("verdict", "", "verdict"),
+            ("stress", "failure", "stress"), ("force R²", "ref/traj", "force R²"), ("NVE", "drift", "NVE drift"),
+            ("deciding check", "stage/check", "deciding check"))
+#: Unit suffixes of check names, left out in the table (the line under it has the value and unit).
+_UNIT_SUFFIX = re.compile(r"_(meV|eV|K|A|percent|relative)(_per_[A-Za-z]+)*$")
+
+
+def short_check(decided_by: str) -> str:
+    """``sanity/fd_force_error_relative`` → ``sanity/fd_force_error`` (the unit suffix left out)."""
+    stage, _, check = decided_by.rpartition("/")
+    return f"{stage}/{_UNIT_SUFFIX.sub('', check)}" if stage else _UNIT_SUFFIX.sub("", check)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def render_study(table: list[dict[str, str]], width: int = WIDTH) -> str:
+    """The study as plain text in ``width`` columns: the table, a legend, and the deciding
+    failure of each version not approved, in one line each (the reports have the rest).
+    """
+    cells = [[f"{row['version']} {row['model']}", *(row[key] for _, _, key in _COLUMNS[1:-1]),
+              short_check(row["deciding check"])] for row in table]
+    heads = [(h1, h2) for h1, h2, _ in _COLUMNS]
+    widths = [max([len(h1), len(h2)] + [len(c[k]) for c in cells]) for k, (h1, h2) in enumerate(heads)]
+    gap = 2
+    over = sum(widths) + gap * (len(widths) - 1) - width
+    for k in (len(widths) - 1, 0):  # shrink the deciding check, then the version/model column
+        cut = max(0, min(over, widths[k] - 12))
+        widths[k] -= cut
+        over -= cut
+    right = {1, 3, 4, 5}
+
+    def line(values: list[str]) -> str:
+        out = [_cut(v, w).rjust(w) if k in right else _cut(v, w).ljust(w)
+               for k, (v, w) in enumerate(zip(values, widths, strict=True))]
+        return (" " * gap).join(out).rstrip()
+
+    text = [line([h1 for h1, _ in heads]), line([h2 for _, h2 in heads]),
+            "-" * min(width, sum(widths) + gap * (len(widths) - 1))]
+    text += [line(c) for c in cells]
+    text += _wrap("stress: time to the first failure in the heat ramp (— = every trajectory survived); "
+                  "force R²: reference set / oracle on the model's own MD frames; NVE drift: largest "
+                  "|slope| of E(t), meV/atom/ps; n/a: not run", width)
+    reasons = [row for row in table if row["why"]]
+    if reasons:
+        text.append("")
+        for row in reasons:
+            text += _wrap(f"{row['version']} {row['model']} {row['verdict']}: {row['why']}", width)
+    return "\n".join(text)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, subsequent_indent="    ") if len(text) > width else [text]
 
 
 @contextlib.contextmanager
@@ -235,9 +361,23 @@ def _quiet_registration():
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = old
 
 
+def steps_per_molecule(config: Path) -> int | None:
+    """MD steps a gate asks per molecule under ``config``: the longer of NVE and heat stress."""
+    try:
+        from mdgate.config import load_config
+
+        c = load_config(config)
+    except Exception:
+        return None
+    return max(c.md.n_steps if c.md.enabled else 0, c.stress.n_steps if c.stress.enabled else 0, 1)
+
+
 def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: float = 2400.0,
-             echo=print) -> list[dict[str, str]]:
-    """Run the whole demo; return the study table."""
+             echo=print, out=None, live: bool | None = None) -> list[dict[str, str]]:
+    """Run the whole demo; return the study table (:func:`study_table`; print it with
+    :func:`render_study`). ``out``/``live``: where the progress lines go (see
+    :func:`wait_for_verdicts`).
+    """
     t0 = time.monotonic()
     config = settings.config or demo_profile()
     echo(f"mdgate demo: MD profile {config}")
@@ -251,8 +391,8 @@ def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: floa
     echo("registering the teacher and its students:")
     with _quiet_registration():
         rows = register_study(registry, models_dir or REPO / "examples" / "models", echo)
-    echo("waiting for the gate (webhook → Prefect flow → MLflow tags):")
-    wait_for_verdicts(registry, rows, timeout_s, echo)
+    echo("waiting for the gate (webhook → Prefect flow → MLflow tags; progress from the Prefect API):")
+    wait_for_verdicts(registry, rows, timeout_s, steps_per_molecule(config), out=out, live=live)
     fetch_results(registry, rows, settings.home / "demo-reports")
     table = study_table(rows)
     echo(f"done in {time.monotonic() - t0:.0f} s")

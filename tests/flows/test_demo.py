@@ -1,6 +1,7 @@
 """The demo path end to end with the smallest settings: `mdgate demo` starts `mdgate serve` (and
-with it MLflow and Prefect), registers a teacher and three students, and every version ends with
-a final status and a report.
+with it MLflow and Prefect), registers a teacher and its students (one with direct forces), every
+version ends with a final status and a report, the direct-force student is Rejected with its
+deciding check named, and the printed table fits 100 columns.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import pytest
 import torch
 import yaml
 
+from tests.mdgate.test_direct_forces import build_direct
 from tests.models import MODEL_META, QUICK_STAGES, build_painn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: torch.Tensor, monkeypatch) -> None:
-    from flows.demo import MODEL_NAME, STUDY, run_demo, serve_running, stop_serve
+    from flows.demo import MODEL_NAME, STUDY, render_study, run_demo, serve_running, stop_serve
     from flows.servers import free_port
     from flows.settings import load_settings
     from registry import Registry, Status
 
     models = tmp_path / "models"
     models.mkdir()
-    for k, (stem, _) in enumerate(STUDY):  # four distinct (untrained) models, largest first
+    for k, (stem, _) in enumerate(STUDY):  # distinct (untrained) models, largest first
         torch.manual_seed(k)
-        torch.save(build_painn(32 - 6 * k, 2, atomrefs), models / f"{stem}.pt")
+        model = build_direct(16, 2, seed=k) if stem.endswith("_direct") else build_painn(32 - 4 * k, 2, atomrefs)
+        torch.save(model, models / f"{stem}.pt")
         (models / f"{stem}.json").write_text(json.dumps(MODEL_META))
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**QUICK_STAGES, "md": {"n_steps": 40},
@@ -48,19 +51,22 @@ def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: to
         assert [row["model"] for row in table] == [stem for stem, _ in STUDY]
         reg = Registry(settings.tracking_uri)
         versions = reg.list_versions(MODEL_NAME)
-        assert len(versions) == 4
+        assert len(versions) == len(STUDY)
         for v in versions:
             assert v.status is not None and v.status.is_final, (v.version, v.status, v.reason)
             assert v.report and v.reason
         assert all(row["verdict"] in {s.value for s in (Status.APPROVED, Status.REJECTED, Status.ERROR)}
                    for row in table)
         assert all(Path(row["report"]).is_file() for row in table)
+        direct = next(row for row in table if row["model"].endswith("_direct"))
+        assert direct["verdict"] == Status.REJECTED.value and direct["deciding check"] and direct["why"]
+        assert max(len(line) for line in render_study(table).splitlines()) <= 100
         # students name the teacher as their parent; a re-run registers nothing new
         teacher = next(v for v in versions if v.tags.get("mdgate.parent") is None)
         parent = f"{MODEL_NAME}/{teacher.version}"
         assert all(v.tags.get("mdgate.parent") == parent for v in versions if v is not teacher)
         run_demo(settings, models, timeout_s=300, echo=print)
-        assert len(reg.list_versions(MODEL_NAME)) == 4
+        assert len(reg.list_versions(MODEL_NAME)) == len(STUDY)
     finally:
         stop_serve(settings)
         assert not serve_running(settings)
