@@ -6,6 +6,13 @@ panels (the MLflow version page's tag table) are unrolled so every row shows, bu
 
     .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17/versions/4" \
         docs/mlflow_version.png --height 1960 --wait-for mdgate.status --click 'button[aria-label="Close"]'
+
+``--prefect-review FLOW_RUN_ID`` shoots the Prefect UI's review form of a gate flow run paused for a
+person's decision (``MDGATE_REVIEW``): it opens the run's page, waits until the run shows Paused,
+presses its Resume button and waits for the form built from ``ReviewInput``::
+
+    .venv/bin/python scripts/screenshot.py --prefect-review 0f9c... docs/prefect_review_form.png \
+        --prefect-ui http://127.0.0.1:4200
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ for (const el of document.querySelectorAll('*')) {
     el.style.maxHeight = 'none'; el.style.height = 'auto'; el.style.overflowY = 'visible';
   }
 }
+"""
+
+#: Press the first button whose visible text is the given one; true if there was one.
+CLICK_TEXT = """
+(() => {
+  const b = [...document.querySelectorAll('button')].find(e => e.innerText.trim() === %s);
+  if (b) { b.click(); return true; }
+  return false;
+})()
 """
 
 
@@ -60,16 +76,32 @@ class DevTools:
 def main() -> None:
     """Take the screenshot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url")
+    parser.add_argument("url", nargs="?", default="", help="the page (not with --prefect-review)")
     parser.add_argument("out", type=Path)
+    parser.add_argument("--prefect-review", default="", metavar="FLOW_RUN_ID",
+                        help="the review form of this paused gate flow run in the Prefect UI")
+    parser.add_argument("--prefect-ui", default="http://127.0.0.1:4200", help="the Prefect UI's address")
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2000, help="viewport height (the UIs fill the viewport)")
     parser.add_argument("--wait-s", type=float, default=8.0, help="time for the page to render its data")
     parser.add_argument("--wait-for", default="", help="text the page must show before the screenshot")
     parser.add_argument("--hide", action="append", default=[], help="CSS selector of an element to remove")
     parser.add_argument("--click", action="append", default=[], help="CSS selector of a button to press first")
+    parser.add_argument("--click-text", action="append", default=[],
+                        help="visible text of a button to press first (after --click)")
+    parser.add_argument("--then-wait-for", default="", help="text the page must show after the clicks")
+    parser.add_argument("--no-unroll", dest="unroll", action="store_false",
+                        help="leave scrolled panels as they are (a dialog covers only the viewport)")
     parser.add_argument("--port", type=int, default=9233)
     args = parser.parse_args()
+    if args.prefect_review:
+        args.url = f"{args.prefect_ui.rstrip('/')}/runs/flow-run/{args.prefect_review}"
+        args.wait_for = args.wait_for or "Paused"
+        args.click_text = args.click_text or ["Resume"]
+        args.then_wait_for = args.then_wait_for or "Resume Flow Run"
+        args.unroll = False
+    if not args.url:
+        parser.error("give the page's URL, or --prefect-review FLOW_RUN_ID")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("error: install Debian's chromium (apt-get install chromium)")
@@ -105,10 +137,20 @@ def main() -> None:
             for selector in args.click:
                 page.evaluate(f"document.querySelectorAll({json.dumps(selector)}).forEach(e => e.click())")
                 time.sleep(1.0)
+            for text in args.click_text:
+                if not page.evaluate(CLICK_TEXT % json.dumps(text)):
+                    raise SystemExit(f"error: no button {text!r} on {args.url}")
+                time.sleep(1.0)
+            deadline = time.monotonic() + 30.0
+            while args.then_wait_for and time.monotonic() < deadline and not page.evaluate(
+                    f"document.body.innerText.includes({json.dumps(args.then_wait_for)})"):
+                time.sleep(0.5)
+            time.sleep(1.0 if args.then_wait_for else 0.0)
             for selector in args.hide:
                 page.evaluate(f"document.querySelectorAll({json.dumps(selector)}).forEach(e => e.remove())")
-            page.evaluate(UNROLL)
-            time.sleep(1.0)
+            if args.unroll:
+                page.evaluate(UNROLL)
+                time.sleep(1.0)
             shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_bytes(base64.b64decode(shot["data"]))
