@@ -154,17 +154,21 @@ def test_forces_that_are_not_the_energy_gradient_are_rejected_by_energy_conserva
 
 
 @pytest.mark.slow
-def test_the_trained_small_painn_under_the_default_protocol(tmp_path: Path, good_model_path: Path) -> None:
+def test_the_trained_small_painn_passes_the_default_protocol(tmp_path: Path, good_model_path: Path) -> None:
     """The packaged defaults as `mdgate validate` applies them (10 molecules × 3 replicas, 2 ps NVE
-    and the 2 ps heat-stress ramp to 1000 K): the old stages pass, the heat stress finds the
-    small model's hole (README, 'The validation protocol'); about 12 minutes on 2 cores.
+    and the 2 ps heat-stress ramp to 1000 K), fail-fast off so that every trajectory runs out:
+    a well-trained model is Approved by every stage, with the margins the README states
+    (stress: worst bond deviation 0.36 Å for a bound of 0.5 Å, closest approach 0.84 Å for 0.6 Å).
+    About 12 minutes on 2 cores.
     """
-    result = validate(good_model_path, parse_config({"md": {"device": "cpu"}}), good_meta(good_model_path),
-                      out_dir=tmp_path)
-    assert result.stages["sanity"].passed and result.stages["nve"].passed and result.stages["oracle"].passed
+    result = validate(good_model_path, parse_config({"md": {"device": "cpu", "fail_fast": False}}),
+                      good_meta(good_model_path), out_dir=tmp_path)
+    assert result.verdict == Verdict.APPROVED, result.reason
+    assert all(result.stages[s].ran and result.stages[s].passed
+               for s in ("sanity", "nve", "stress", "accuracy", "oracle"))
     assert result.accuracy is not None and result.accuracy.force_r2 > 0.99
-    assert all(r.steps_done == 4000 for m in result.molecules for r in m.replicas)
-    assert result.verdict == Verdict.REJECTED
-    assert result.decided_by is not None and result.decided_by.startswith("stress/"), result.reason
-    fails = [r.failure for m in result.stages["stress"].molecules for r in m.replicas if r.failure]
-    assert fails and all(f.time_ps > 1.0 and f.target_temperature_K > 700 for f in fails)
+    stress = result.stages["stress"].molecules
+    assert len(stress) == 10 and all(len(m.replicas) == 3 for m in stress + result.molecules)
+    assert all(r.steps_done == 4000 and r.failure is None for m in stress + result.molecules for r in m.replicas)
+    worst = {c.name: c.value for c in result.stages["stress"].checks}
+    assert worst["max_bond_deviation_A"] < 0.45 and worst["min_distance_A"] > 0.7
