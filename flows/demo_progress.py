@@ -20,8 +20,8 @@ from uuid import UUID
 
 from flows.gate import slug
 
-#: Task names (before Prefect's ``-<n>`` suffix) shown as they are; ``md-<molecule>`` is "md".
-_SUFFIX = re.compile(r"-\d+$")
+#: Prefect's default task run name is the task's name plus ``-`` and a short hex key.
+_SUFFIX = re.compile(r"-([0-9a-f]{3}|\d+)$")
 _MOLECULES = re.compile(r"over (\d+) molecules")
 
 
@@ -40,7 +40,7 @@ class GateView:
 
 
 def task_stage(name: str) -> str:
-    """``md-ethanol`` → ``md``; ``sanity-0`` → ``sanity``."""
+    """``md-ethanol`` → ``md``; ``sanity-7c3`` → ``sanity``; ``publish-error-0b1`` → ``publish-error``."""
     return "md" if name.startswith("md-") else _SUFFIX.sub("", name)
 
 

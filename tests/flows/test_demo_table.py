@@ -124,11 +124,12 @@ def test_progress_line_from_task_runs_and_the_progress_artifact() -> None:
     def run(name: str, state: str, minute: int) -> SimpleNamespace:
         return SimpleNamespace(name=name, state_type=state, start_time=t0 + timedelta(minutes=minute))
 
-    tasks = [run("claim-0", "COMPLETED", 0), run("load-0", "COMPLETED", 1), run("sanity-0", "COMPLETED", 2),
+    tasks = [run("claim-3e3", "COMPLETED", 0), run("load-dad", "COMPLETED", 1), run("sanity-7c3", "COMPLETED", 2),
              run("md-ethanol", "COMPLETED", 3), run("md-aspirin", "RUNNING", 4), run("md-uracil", "RUNNING", 5)]
     stage, done = summarize_tasks(tasks)
     assert (stage, done) == ("md", 1)
     assert summarize_tasks(tasks[:3]) == ("sanity", 0)
+    assert summarize_tasks([run("publish-error-0b1", "RUNNING", 9)]) == ("publish-error", 0)
     view = GateView(state="Running", stage=stage, molecules_done=done, molecules_total=10, md_percent=43.0,
                     elapsed_s=151)
     line = progress_line("v3 student_5x", "Running", view, steps_per_molecule=4000)
