@@ -155,8 +155,12 @@ def start_prefect_server(home: Path, host: str = "127.0.0.1", port: int = 4200,
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     database = database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    url = f"http://{host}:{port}/api"
     env.update({
         "PREFECT_HOME": str(home / "prefect"),
+        # The UI's browser code calls this URL: without it, a server on another port than 4200
+        # serves a UI that cannot reach its own API.
+        "PREFECT_UI_API_URL": url,
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     })
@@ -164,7 +168,6 @@ def start_prefect_server(home: Path, host: str = "127.0.0.1", port: int = 4200,
     cmd = [_tool("prefect"), "server", "start", "--host", host, "--port", str(port)]
     if not ui:
         cmd.append("--no-ui")
-    url = f"http://{host}:{port}/api"
     return _spawn("prefect", cmd, env, home / "logs" / "prefect.log", url, f"{url}/health")
 
 
