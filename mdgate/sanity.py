@@ -117,7 +117,13 @@ def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettin
         "net_torque_eV": torque,
         "batch_force_error_eV_per_A": None if batched_forces is None else float(np.abs(batched_forces - f0).max()),
     }
-    out.update(relax(potential, mol, settings))
+    fd_bound = enabled(settings.criteria, "fd_force_error_relative")
+    if fd_bound is not None and fd_bound.bound is not None and fd_rel > fd_bound.bound:
+        # BFGS cannot converge on forces that are not a gradient: it would spend its whole step
+        # budget (minutes for a direct-force model) to say nothing the failed check has not said.
+        out.update({"relax_rmsd_A": None, "relax_max_force_eV_per_A": None, "relax_steps": 0.0})
+    else:
+        out.update(relax(potential, mol, settings))
     return out
 
 
