@@ -422,6 +422,7 @@ def write_report(result: ValidationResult, out_dir: Path,
             mol.plot = rel
             files[rel] = out_dir / rel
     if baseline is not None:
+        result.baseline = baseline.record()
         overlays = write_overlays(result, baseline, out_dir)
         plots.update(overlays)
         files.update({rel: out_dir / rel for rel in overlays.values()})

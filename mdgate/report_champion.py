@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdgate.report_stages import fmt
-from mdgate.results import MoleculeResult, ValidationResult
+from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
 
 
 @dataclass
@@ -61,6 +61,11 @@ class BaselineComparison:
     comparisons: list[Comparison] = field(default_factory=list)
     result: ValidationResult | None = None
     """The baseline's own result (its energy series are overlaid on the candidate's)."""
+
+    def record(self) -> BaselineResult:
+        """The comparison as ``results.json`` keeps it."""
+        return BaselineResult(role=self.role, version=self.label, origin=self.origin, note=self.note,
+                              figures=[ComparedFigure(**vars(c)) for c in self.comparisons])
 
     @property
     def title(self) -> str:

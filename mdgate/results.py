@@ -183,6 +183,34 @@ class StageResult(BaseModel):
     """Oracle stage: who judged the forces."""
 
 
+class ComparedFigure(BaseModel):
+    """One figure of the candidate against its baseline's."""
+
+    where: str
+    check: str
+    candidate: float
+    baseline: float
+    unit: str
+    comparison: str
+    allowed: float
+    """The worst value the candidate may have (the baseline's, moved by the rule's limits)."""
+    worse: bool
+
+
+class BaselineResult(BaseModel):
+    """The comparison with a baseline (the champion or the parent), as the gate made it."""
+
+    role: str
+    """``champion`` or ``parent``."""
+    version: str | None = None
+    """The baseline (``v3``, or ``other-model v3``); ``None``: there was none to compare with."""
+    origin: str = ""
+    """``stored`` (its own validation run, same criteria), ``re-measured`` (by this gate), or empty."""
+    note: str = ""
+    """The sentence of the verdict's reason about the comparison."""
+    figures: list[ComparedFigure] = Field(default_factory=list)
+
+
 class ValidationResult(BaseModel):
     """Everything a validation measured and decided (serialised as ``results.json``)."""
 
@@ -200,5 +228,7 @@ class ValidationResult(BaseModel):
     stages: dict[str, StageResult] = Field(default_factory=dict)
     """Every stage of the protocol (``sanity``, ``nve``, ``accuracy``, ``stress``, ``oracle``)."""
     timing: Timing = Field(default_factory=Timing)
+    baseline: BaselineResult | None = None
+    """The comparison with the champion or parent, when the gate made one (``None``: not asked)."""
     created_at: str = ""
     mdgate_version: str = ""

@@ -5,6 +5,7 @@ and the report say about the baseline.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -132,8 +133,15 @@ def test_report_shows_candidate_and_baseline_side_by_side(tmp_path: Path) -> Non
     assert "baseline_results.json" in files
     tables = [t for t in MarkdownIt("commonmark").enable("table").parse(md) if t.type == "table_open"]
     assert len(tables) >= 3
+    stored = json.loads((tmp_path / "results.json").read_text())["baseline"]
+    assert stored["role"] == "champion" and stored["version"] == "v1" and stored["origin"] == REMEASURED
+    assert [(f["where"], f["check"], f["candidate"], f["baseline"], f["worse"]) for f in stored["figures"]] == [
+        ("nve/ethanol", "drift_slope_meV_per_atom_per_ps", 0.31, 0.1, True),
+        ("accuracy", "min_force_r2", 0.97, 0.995, True)]
     # no baseline: the section says so
     first, section = judge(settings, "m", with_series(result(0.97, 0.31), 0.31), None, None)
     write_report(first, tmp_path / "first", section)
     md = (tmp_path / "first" / "report.md").read_text()
     assert "No champion to compare with (first approved version): the verdict rests on the absolute bounds" in md
+    stored = json.loads((tmp_path / "first" / "results.json").read_text())["baseline"]
+    assert stored["version"] is None and stored["figures"] == [] and "first approved version" in stored["note"]
