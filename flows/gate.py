@@ -16,6 +16,7 @@ again once its lease expires.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import re
 import shutil
@@ -166,9 +167,11 @@ class MDAbortedError(MdgateError):
 
 @task(name="md", **ENGINE_TASK)
 def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads: int, timeout_s: float,
-                progress: GateProgress | None, abort: threading.Event) -> Any:
+                progress: GateProgress | None, abort: threading.Event, pool: Any = None) -> Any:
     """The MD stages of one molecule (NVE and heat stress), all replicas batched
-    (``mdgate.runner.run_md``); returns its ``MoleculeRun``.
+    (``mdgate.runner.run_md``); returns its ``MoleculeRun``. With a ``pool``
+    (:class:`flows.md_processes.MDProcessPool`) the MD runs in one of its worker processes and
+    this task waits for it.
 
     The timeout is checked at every step (a thread cannot be interrupted from outside): the
     task raises :class:`MDTimeoutError`, which ends the gate as Error.
@@ -193,6 +196,11 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
         if progress is not None:
             progress(name, step, n_steps, running)
 
+    if pool is not None:  # the task polls its worker: the deadline holds even if the model hangs
+        result = pool.run(molecule, config, tick)
+        if progress is not None:
+            progress.finish(molecule.name)
+        return result
     # The step check above cannot fire while the model does not return: a hard deadline, later.
     [result] = call_with_deadline(lambda: run_md(potential, [molecule], config, tick), timeout_s * 1.1 + 1,
                                   f"MD of {molecule.name}")
@@ -447,26 +455,32 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
         from flows.dask_tasks import run_on_dask
 
         return run_on_dask(settings, md_task, inputs.potential, molecules, config, progress, MDAbortedError)
-    abort = threading.Event()
-    pending = list(molecules)
-    running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
-    results: dict[str, Any] = {}
-    failure: BaseException | None = None
-    while (pending and failure is None) or running:
-        while pending and failure is None and len(running) < n_parallel:
-            mol = pending.pop(0)
-            future = md_task.with_options(task_run_name=f"{md_prefix}-{mol.name}").submit(
-                inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort)
-            running[future.wrapped_future] = (mol, future)
-        done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
-        for f in done:
-            mol, future = running.pop(f)
-            try:
-                results[mol.name] = future.result()
-            except BaseException as e:
-                if failure is None or isinstance(failure, MDAbortedError):
-                    failure = e
-                abort.set()  # the others stop at their next step; wait for them, then fail
+    pool = None
+    if settings.task_runner == "processes":
+        from flows.md_processes import MDProcessPool
+
+        pool = MDProcessPool(inputs.potential, n_parallel, threads)
+    with pool if pool is not None else contextlib.nullcontext():
+        abort = threading.Event()
+        pending = list(molecules)
+        running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
+        results: dict[str, Any] = {}
+        failure: BaseException | None = None
+        while (pending and failure is None) or running:
+            while pending and failure is None and len(running) < n_parallel:
+                mol = pending.pop(0)
+                future = md_task.with_options(task_run_name=f"{md_prefix}-{mol.name}").submit(
+                    inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort, pool)
+                running[future.wrapped_future] = (mol, future)
+            done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
+            for f in done:
+                mol, future = running.pop(f)
+                try:
+                    results[mol.name] = future.result()
+                except BaseException as e:
+                    if failure is None or isinstance(failure, MDAbortedError):
+                        failure = e
+                    abort.set()  # the others stop at their next step; wait for them, then fail
     if failure is not None:
         raise failure
     return [results[m.name] for m in molecules]

@@ -74,9 +74,11 @@ class Settings(BaseSettings):
     gpu_limit: Annotated[int, Field(ge=1)] = 2
     """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
     once over all gates (set it to the number of GPUs on GPU workers)."""
-    task_runner: Literal["local", "dask"] = "local"
+    task_runner: Literal["local", "processes", "dask"] = "local"
     """Where a gate's per-molecule MD tasks run: ``local`` (threads of the flow's process, at most
-    ``md_parallel`` at once) or ``dask`` (a Dask cluster through prefect-dask: the one at
+    ``md_parallel`` at once), ``processes`` (as many worker processes of the flow's machine, each
+    with ``cores // md_parallel`` torch threads: no interpreter lock shared; ``flows/md_processes.py``)
+    or ``dask`` (a Dask cluster through prefect-dask: the one at
     ``dask_address``, else one each gate starts from ``dask_cluster_class``); ``flows/dask_tasks.py``."""
     dask_address: str | None = None
     """Scheduler of a running Dask cluster, e.g. ``tcp://10.0.0.5:8786`` (with ``task_runner=dask``)."""
