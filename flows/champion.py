@@ -68,7 +68,8 @@ def compare(candidate: ValidationResult, baseline: ValidationResult,
         lower_is_worse = c.comparison == ">="
         allowed = allowed_value(b.value, rule, lower_is_worse)
         worse = c.value < allowed if lower_is_worse else c.value > allowed
-        out.append(Comparison(key[0], c.name, c.value, b.value, c.unit, c.comparison, allowed, worse))
+        out.append(Comparison(where=key[0], check=c.name, candidate=c.value, baseline=b.value, unit=c.unit,
+                              comparison=c.comparison, allowed=allowed, worse=worse))
     return out
 
 

@@ -13,27 +13,8 @@ from pathlib import Path
 from mdgate.report_stages import fmt
 from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
 
-
-@dataclass
-class Comparison:
-    """One compared figure of the candidate and its baseline."""
-
-    where: str
-    """Where the figure was measured: ``<stage>/<molecule>``, a stage, or ``accuracy``."""
-    check: str
-    candidate: float
-    baseline: float
-    unit: str
-    comparison: str
-    """The check's bound direction: ``<=`` (higher is worse) or ``>=`` (lower is worse)."""
-    allowed: float
-    """The worst value the candidate may have (the baseline's, moved by the rule's limits)."""
-    worse: bool
-
-    def line(self) -> str:
-        """One line for the reason and the report."""
-        return (f"{self.where}: {self.check} = {self.candidate:.4g} vs {self.baseline:.4g} {self.unit}".rstrip()
-                + f" (allowed {self.comparison} {self.allowed:.4g})")
+#: One compared figure of the candidate and its baseline (the record ``results.json`` keeps).
+Comparison = ComparedFigure
 
 
 STORED = "stored"
@@ -65,7 +46,7 @@ class BaselineComparison:
     def record(self) -> BaselineResult:
         """The comparison as ``results.json`` keeps it."""
         return BaselineResult(role=self.role, version=self.label, origin=self.origin, note=self.note,
-                              figures=[ComparedFigure(**vars(c)) for c in self.comparisons])
+                              figures=list(self.comparisons))
 
     @property
     def title(self) -> str:

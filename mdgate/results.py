@@ -187,6 +187,7 @@ class ComparedFigure(BaseModel):
     """One figure of the candidate against its baseline's."""
 
     where: str
+    """Where the figure was measured: ``<stage>/<molecule>``, a stage, or ``accuracy``."""
     check: str
     candidate: float
     baseline: float
@@ -195,6 +196,11 @@ class ComparedFigure(BaseModel):
     allowed: float
     """The worst value the candidate may have (the baseline's, moved by the rule's limits)."""
     worse: bool
+
+    def line(self) -> str:
+        """One line for the reason and the report."""
+        return (f"{self.where}: {self.check} = {self.candidate:.4g} vs {self.baseline:.4g} {self.unit}".rstrip()
+                + f" (allowed {self.comparison} {self.allowed:.4g})")
 
 
 class BaselineResult(BaseModel):
