@@ -4,8 +4,8 @@ Drives Chromium over its DevTools protocol so that the page can be prepared firs
 panels (the MLflow version page's tag table) are unrolled so every row shows, buttons named with
 ``--click`` are pressed and elements named with ``--hide`` removed (CSS selectors)::
 
-    .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17/versions/4" \
-        docs/mlflow_version.png --height 1960 --wait-for mdgate.status --click 'button[aria-label="Close"]'
+    .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17/versions/6" \
+        docs/mlflow_version_rejected.png --height 1960 --wait-for mdgate.status --click 'button[aria-label="Close"]'
 
 ``--prefect-review FLOW_RUN_ID`` shoots the Prefect UI's review form of a gate flow run paused for a
 person's decision (``MDGATE_REVIEW``): it opens the run's page, waits until the run shows Paused,
