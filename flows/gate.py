@@ -209,9 +209,12 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
     return result
 
 
-def run_stage(name: str, fn: Any) -> Any:
-    """Run a pipeline stage (sanity, accuracy, oracle) as a Prefect task of its own."""
-    return task(name=name, **ENGINE_TASK)(fn)()
+def run_stage(name: str, fn: Any, timeout_s: float | None = None) -> Any:
+    """Run a pipeline stage (sanity, accuracy, oracle) as a Prefect task of its own, with a hard
+    deadline: these stages call the model too, and a model that hangs there must end the gate as
+    Error like one that hangs in MD.
+    """
+    return task(name=name, **ENGINE_TASK)(lambda: call_with_deadline(fn, timeout_s, f"the {name} stage"))()
 
 
 @task(name="report", **ENGINE_TASK)
@@ -393,7 +396,8 @@ def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: 
         parent, parent_level = load_parent(settings, model.meta, config, work)
     result = run_pipeline(inputs, config, model.meta, source,
                           map_md=lambda mols: run_molecules(settings, claim, inputs, config, key, md_prefix),
-                          run_stage=run_stage, parent=parent, parent_level=parent_level)
+                          run_stage=lambda name, fn: run_stage(name, fn, settings.md_timeout_s),
+                          parent=parent, parent_level=parent_level)
     result.timing.total_s = time.perf_counter() - t0
     return result
 
