@@ -16,7 +16,7 @@ import pytest
 from tests.integration import ModelFile, Stack, record_timing
 from tests.scaleout.test_scaleout_dask import N_MOLECULES, comparable, eight_molecules, gate, results_json  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_md_in_worker_processes_gives_the_local_verdict(stack: Stack, registry: Any, good_model: ModelFile,
