@@ -28,8 +28,9 @@ TIMESTAMP_HEADER = "x-mlflow-timestamp"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 
 StartGate = Callable[[str, str], Awaitable[str]]
-"""``start_gate(name, version) -> flow run id``; ``mdgate serve`` gives the helper the sweep uses too
-(``flows.sweep.start_gate_for_version``: create the gate run, claim the version for it)."""
+"""``start_gate(name, version) -> flow run id``; the serve command gives the helper the sweep uses too
+(``flows.sweep.start_gate_for_version``: create the gate run, claim the version for it). This module
+itself imports nothing that can load a model."""
 
 
 class WebhookRejected(Exception):
