@@ -79,8 +79,12 @@ def start_serve(settings: Settings, config: Path, timeout_s: float = 300.0) -> N
     log = settings.home / "logs" / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = log.stat().st_size if log.exists() else 0
+    # The URLs twice: as mdgate settings, and as the libraries' own variables, so that a
+    # PREFECT_API_URL / MLFLOW_TRACKING_URI of the calling environment (another server) cannot win
+    # in the serve process, whatever it imports first.
     env = dict(os.environ, MDGATE_CONFIG=str(config), MDGATE_HOME=str(settings.home),
-               MDGATE_TRACKING_URI=settings.tracking_uri, MDGATE_PREFECT_API_URL=settings.prefect_api_url)
+               MDGATE_TRACKING_URI=settings.tracking_uri, MDGATE_PREFECT_API_URL=settings.prefect_api_url,
+               MLFLOW_TRACKING_URI=settings.tracking_uri, PREFECT_API_URL=settings.prefect_api_url)
     mdgate = Path(sys.executable).parent / "mdgate"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(mdgate), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
