@@ -14,6 +14,7 @@ vector head instead of −dE/dR, and an early checkpoint of the smallest one
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import re
@@ -81,10 +82,12 @@ def start_serve(settings: Settings, config: Path, timeout_s: float = 300.0) -> N
     start = log.stat().st_size if log.exists() else 0
     # The URLs twice: as mdgate settings, and as the libraries' own variables, so that a
     # PREFECT_API_URL / MLFLOW_TRACKING_URI of the calling environment (another server) cannot win
-    # in the serve process, whatever it imports first.
+    # in the serve process, whatever it imports first; and the demo's model among those it gates
+    # (an MDGATE_MODELS pattern of the calling environment would leave it ungated).
     env = dict(os.environ, MDGATE_CONFIG=str(config), MDGATE_HOME=str(settings.home),
                MDGATE_TRACKING_URI=settings.tracking_uri, MDGATE_PREFECT_API_URL=settings.prefect_api_url,
-               MLFLOW_TRACKING_URI=settings.tracking_uri, PREFECT_API_URL=settings.prefect_api_url)
+               MLFLOW_TRACKING_URI=settings.tracking_uri, PREFECT_API_URL=settings.prefect_api_url,
+               MDGATE_MODELS=MODEL_NAME if not fnmatch.fnmatch(MODEL_NAME, settings.models) else settings.models)
     mdgate = Path(sys.executable).parent / "mdgate"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(mdgate), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
