@@ -17,8 +17,14 @@ What the thread path shares in memory crosses processes here:
   ``POLL_S``; when either fires it sets an event the workers check at every MD step;
 - a worker that does not return (a model hanging inside a call) is killed when the gate ends.
 
-The workers are started with ``spawn`` (a fork of a process with Prefect's threads is unsafe),
-and the pool warms up (imports, potential) while the gate runs its sanity stage.
+How the workers start (:func:`start_method`): with one torch thread each (``cores //
+md_parallel`` is 1, as on a 2-core machine), they are forked from the gate's process: torch,
+schnetpack and the potential are already there, and the pool is up in a fraction of a second
+instead of the 10 s two spawned interpreters take to import them. A fork copies only the forking
+thread; the child runs nothing but the MD loop (no Prefect, no logging, no HTTP), and with one
+thread torch never enters OpenMP, whose pool does not survive a fork. With more threads per
+worker they are spawned (fresh interpreters, the potential unpickled), the safe way for OpenMP.
+``MDGATE_MD_START`` (``fork`` | ``spawn``) overrides the choice.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import pickle
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +51,15 @@ _POTENTIAL: Any = None
 _QUEUE: Any = None
 _STOP: Any = None
 _ALL_UP: Any = None
+
+
+def start_method(threads: int) -> str:
+    """``fork`` for one-thread workers where the platform forks, else ``spawn``
+    (``MDGATE_MD_START`` overrides)."""
+    forced = os.environ.get("MDGATE_MD_START", "").strip().lower()
+    if forced in ("fork", "spawn"):
+        return forced
+    return "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class StopRequested(Exception):
@@ -95,18 +112,23 @@ class MDProcessPool:
     """A pool of MD worker processes for one gate (a context manager: the workers end with it)."""
 
     def __init__(self, potential: Any, n_workers: int, threads: int):
-        ctx = multiprocessing.get_context("spawn")
+        self.start_method = start_method(threads)
+        ctx = multiprocessing.get_context(self.start_method)
         self._progress = ctx.Queue()
         self._stop = ctx.Event()
         self._executor = concurrent.futures.ProcessPoolExecutor(
             n_workers, mp_context=ctx, initializer=_init_worker,
             initargs=(pickle.dumps(potential), threads, self._progress, self._stop, ctx.Barrier(n_workers)))
+        self.started_at = time.perf_counter()
         self._latest: dict[str, tuple[int, int, bool]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read_progress, name="mdgate-md-progress", daemon=True)
         self._reader.start()
-        self._warming = [self._executor.submit(_warm) for _ in range(n_workers)]
+        with warnings.catch_warnings():
+            # Python warns about any fork of a process with threads; see the module docstring.
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            self._warming = [self._executor.submit(_warm) for _ in range(n_workers)]
 
     def __enter__(self) -> MDProcessPool:
         return self

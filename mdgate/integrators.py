@@ -20,7 +20,7 @@ time), so ``F/m·dt`` needs no conversion.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -63,13 +63,30 @@ def md_init(positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Ten
     return MDState(positions, velocities, forces, energy, masses, system_idx)
 
 
+_HALF_KICK: tuple[torch.Tensor, float, torch.Tensor] | None = None
+
+
+def half_kick(masses: torch.Tensor, dt: float) -> torch.Tensor:
+    """``dt / 2m`` per atom, ``[n_atoms, 1]``: the same for every step of a batch, computed once
+    (a one-entry cache keyed by the masses tensor itself; a batch that drops trajectories gets a
+    new one).
+    """
+    global _HALF_KICK
+    entry = _HALF_KICK
+    if entry is not None and entry[0] is masses and entry[1] == dt:
+        return entry[2]
+    half = 0.5 * dt / masses[:, None]
+    _HALF_KICK = (masses, dt, half)
+    return half
+
+
 def verlet_step(state: MDState, force_fn: ForceFn, dt: float) -> MDState:
     """One velocity Verlet step of length ``dt`` (ASE time units)."""
-    half = 0.5 * dt / state.masses[:, None]
+    half = half_kick(state.masses, dt)
     v = state.velocities + half * state.forces
     x = state.positions + dt * v
     energy, forces = force_fn(x)
-    return replace(state, positions=x, velocities=v + half * forces, forces=forces, energy=energy)
+    return MDState(x, v + half * forces, forces, energy, state.masses, state.system_idx)
 
 
 class NoiseStreams:
@@ -144,7 +161,7 @@ class Langevin:
 def baoab_step(state: MDState, force_fn: ForceFn, dt: float, langevin: Langevin,
                temperature_K: torch.Tensor) -> MDState:
     """One BAOAB Langevin step of length ``dt`` at per-atom targets ``temperature_K`` (``[n_atoms]``)."""
-    half = 0.5 * dt / state.masses[:, None]
+    half = half_kick(state.masses, dt)
     v = state.velocities + half * state.forces
     x = state.positions + 0.5 * dt * v
     noise = langevin.noise.next()
@@ -152,4 +169,4 @@ def baoab_step(state: MDState, force_fn: ForceFn, dt: float, langevin: Langevin,
     v = langevin.c1 * v + sigma * noise
     x = x + 0.5 * dt * v
     energy, forces = force_fn(x)
-    return replace(state, positions=x, velocities=v + half * forces, forces=forces, energy=energy)
+    return MDState(x, v + half * forces, forces, energy, state.masses, state.system_idx)

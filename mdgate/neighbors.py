@@ -51,21 +51,29 @@ class NeighborList:
         self.cand_i, self.cand_j = all_pairs(system_idx)
         self.cutoff_A = cutoff_A
         self.skin_A = skin_A
+        self._cand = torch.stack([self.cand_i, self.cand_j])
+        self._reach2 = None if cutoff_A is None else (cutoff_A + skin_A) ** 2
         self.n_builds = 0
         self._ref: torch.Tensor | None = None
         self._pairs = (self.cand_i, self.cand_j)
+        self._last: torch.Tensor | None = None
 
     def update(self, positions_A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the pairs for ``positions_A`` (``[n_atoms, 3]``, Å), rebuilding if needed."""
-        if self.cutoff_A is None:
+        """Return the pairs for ``positions_A`` (``[n_atoms, 3]``, Å), rebuilding if needed.
+
+        Asked twice for the same tensor (the MD loop's record step after its force call), it
+        returns the same pairs without recomputing them: positions are never changed in place.
+        """
+        if self.cutoff_A is None or positions_A is self._last:
             return self._pairs
         if self._ref is not None and self.skin_A > 0:
             moved = (positions_A - self._ref).norm(dim=1).max()
             if bool(moved <= 0.5 * self.skin_A):
                 return self._pairs
-        d = (positions_A[self.cand_i] - positions_A[self.cand_j]).norm(dim=1)
-        keep = d < self.cutoff_A + self.skin_A
-        self._pairs = (self.cand_i[keep], self.cand_j[keep])
+        r = positions_A[self.cand_i] - positions_A[self.cand_j]
+        cand = self._cand[:, (r * r).sum(1) < self._reach2]
+        self._pairs = (cand[0], cand[1])
+        self._last = positions_A  # asked again for the same positions (the record step): same pairs
         self._ref = positions_A.detach().clone() if self.skin_A > 0 else positions_A
         self.n_builds += 1
         return self._pairs

@@ -218,7 +218,7 @@ class SchnetpackPotential:
         if self._compile_pending:
             self._compile_pending = False
             self.compile((numbers, positions_A, system_idx, n_systems, idx_i, idx_j))
-        positions = (positions_A / self._l).to(self.dtype)
+        positions = (positions_A if self._l == 1.0 else positions_A / self._l).to(self.dtype)
         inputs = {
             "_atomic_numbers": numbers,
             "_positions": positions,
@@ -278,8 +278,12 @@ class SchnetpackPotential:
                 f"forces output {self.meta.forces_key!r} has shape {tuple(forces.shape)}, "
                 f"expected [{n_atoms}, 3]"
             )
-        energy = energy.detach().reshape(n_systems).to(torch.float64) * self._e
-        forces = forces.detach().to(torch.float64) * (self._e / self._l)
+        energy = energy.detach().reshape(n_systems).to(torch.float64)
+        forces = forces.detach().to(torch.float64)
+        if self._e != 1.0:
+            energy = energy * self._e
+        if self._e != self._l:
+            forces = forces * (self._e / self._l)
         return energy, forces
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from flows.md_processes import MDProcessPool
+from flows.md_processes import MDProcessPool, start_method
 from mdgate.config import parse_config
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
@@ -32,12 +33,26 @@ def potential(good_model_path: Path):
     return load_potential(good_model_path, meta, "cpu")
 
 
-def test_workers_give_the_results_of_the_flows_process(potential, packaged_molecules: list[Molecule]) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_give_the_results_of_the_flows_process(potential, packaged_molecules: list[Molecule], start: str,
+                                                        monkeypatch) -> None:
+    """Forked (the default for one-thread workers) or spawned, the workers compute what the flow's
+    process computes, and report their progress.
+    """
     mols = [m for m in packaged_molecules if m.name in ("ethanol", "malonaldehyde")]
     config = parse_config(quick({"md": {"n_steps": 200, "n_replicas": 2, "device": "cpu", "compile": "off"}}))
     seen: dict[str, list[tuple[int, bool]]] = {m.name: [] for m in mols}
     pids = set()
+    # The gate's process has run multi-threaded torch (OpenMP) before it forks its workers.
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.randn(512, 512) @ torch.randn(512, 512)
+    torch.set_num_threads(threads_before)
+    monkeypatch.delenv("MDGATE_MD_START", raising=False)
+    assert start_method(1) == "fork" and start_method(2) == "spawn"
+    monkeypatch.setenv("MDGATE_MD_START", start)
     with MDProcessPool(potential, n_workers=2, threads=1) as pool:
+        assert pool.start_method == start
         pids = {f.result(timeout=120) for f in pool._warming}
         with ThreadPoolExecutor(2) as threads:  # as the gate's MD tasks: both wait at once
             futures = {m.name: threads.submit(pool.run, m, config, lambda n, s, t, r: seen[n].append((s, r)))
