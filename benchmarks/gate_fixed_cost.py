@@ -171,7 +171,8 @@ def measure(model: Path, gates: int, timeout_s: float = 600.0, out: Path | None 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "gate_fixed_cost_cpu.md").write_text(table + "\n")
-        (out / "gate_fixed_cost_cpu.json").write_text(json.dumps({"rows": rows, **summary, "timelines": timelines}, indent=1) + "\n")
+        record = {"rows": rows, **summary, "timelines": timelines}
+        (out / "gate_fixed_cost_cpu.json").write_text(json.dumps(record, indent=1) + "\n")
     return summary
 
 

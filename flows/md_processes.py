@@ -54,8 +54,10 @@ _ALL_UP: Any = None
 
 
 def start_method(threads: int) -> str:
-    """``fork`` for one-thread workers where the platform forks, else ``spawn``
-    (``MDGATE_MD_START`` overrides)."""
+    """``fork`` for one-thread workers where the platform forks, else ``spawn``.
+
+    ``MDGATE_MD_START`` (``fork`` | ``spawn``) overrides the choice.
+    """
     forced = os.environ.get("MDGATE_MD_START", "").strip().lower()
     if forced in ("fork", "spawn"):
         return forced
