@@ -167,12 +167,11 @@ class MDAbortedError(MdgateError):
 
 @task(name="md", **ENGINE_TASK)
 def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads: int, timeout_s: float,
-                progress: GateProgress | None, abort: threading.Event, pool: Any = None,
-                started: threading.Event | None = None) -> Any:
+                progress: GateProgress | None, abort: threading.Event, pool: Any = None) -> Any:
     """The MD stages of one molecule (NVE and heat stress), all replicas batched
     (``mdgate.runner.run_md``); returns its ``MoleculeRun``. With a ``pool``
     (:class:`flows.md_processes.MDProcessPool`) the MD runs in one of its worker processes and
-    this task waits for it. ``started`` is set once the task runs (it holds its concurrency slot).
+    this task waits for it.
 
     The timeout is checked at every step (a thread cannot be interrupted from outside): the
     task raises :class:`MDTimeoutError`, which ends the gate as Error.
@@ -182,8 +181,6 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
 
     from mdgate.runner import configure_threads, run_md
 
-    if started is not None:
-        started.set()
     configure_threads(threads)
     deadline = time.monotonic() + timeout_s
     get_run_logger().info("MD of %s (%d atoms, %d replicas, %d NVE + %d stress steps) in process %d on %s",
@@ -476,11 +473,9 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
         while (pending and failure is None) or running:
             while pending and failure is None and len(running) < n_parallel:
                 mol = pending.pop(0)
-                started = threading.Event()
                 future = md_task.with_options(task_run_name=f"{md_prefix}-{mol.name}").submit(
-                    inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort, pool, started)
+                    inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort, pool)
                 running[future.wrapped_future] = (mol, future)
-                wait_until_started(started, future.wrapped_future)
             done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
             for f in done:
                 mol, future = running.pop(f)
@@ -493,27 +488,6 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
     if failure is not None:
         raise failure
     return [results[m.name] for m in molecules]
-
-
-#: How long the gate waits for a submitted MD task to take its slot before it submits the next.
-START_WAIT_S = 10.0
-
-
-def wait_until_started(started: threading.Event, future: concurrent.futures.Future,
-                       timeout_s: float = START_WAIT_S) -> None:
-    """Wait until a submitted MD task runs (or has ended, or ``timeout_s`` passed).
-
-    Each MD task takes a slot of the tag concurrency limit (``gpu_tag``), one row of the Prefect
-    database. With the embedded server's SQLite, two tasks taking it at the same moment make one
-    request fail with "database is locked"; the server answers 503 and the client retries about
-    2 s later, with every lane of the gate idle meanwhile (measured: ~2 s lost at each start of a
-    pair of tasks, ``benchmarks/gate_fixed_cost.py``). Submitting the next task only once this
-    one holds its slot takes the slots one after the other.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not started.wait(0.02):
-        if future.done() or time.monotonic() > deadline:
-            return
 
 
 def _error(reason: str, source: str, config: GateConfig) -> ValidationResult:

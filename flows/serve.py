@@ -47,14 +47,30 @@ async def build_deployments(settings: Settings) -> list[RunnerDeployment]:
     return [gate, sweep]
 
 
+def gpu_limit(settings: Settings) -> int:
+    """The tag concurrency limit to create: ``settings.gpu_limit``, else this host's CUDA GPUs."""
+    if settings.gpu_limit is not None:
+        return settings.gpu_limit
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def ensure_gpu_limit(settings: Settings) -> None:
-    """Create the tag concurrency limit on MD tasks if there is none (an existing one is kept)."""
+    """Create the tag concurrency limit on MD tasks if there is none (an existing one is kept);
+    none on a host without GPU unless ``MDGATE_GPU_LIMIT`` asks for one.
+    """
+    limit = gpu_limit(settings)
+    if limit == 0:
+        logger.info("no GPU: no concurrency limit on tag %s (MD tasks: md_parallel per gate, max_gates gates)",
+                    settings.gpu_tag)
+        return
     with get_client(sync_client=True) as client:
         try:
             client.read_concurrency_limit_by_tag(settings.gpu_tag)
         except ObjectNotFound:
-            client.create_concurrency_limit(settings.gpu_tag, settings.gpu_limit)
-            logger.info("created concurrency limit %s = %d", settings.gpu_tag, settings.gpu_limit)
+            client.create_concurrency_limit(settings.gpu_tag, limit)
+            logger.info("created concurrency limit %s = %d", settings.gpu_tag, limit)
 
 
 def webhook_secret(settings: Settings) -> str:

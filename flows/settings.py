@@ -71,9 +71,12 @@ class Settings(BaseSettings):
     """CPU cores the gate may use (0 = all): each MD task gets ``cores // md_parallel`` torch threads."""
     gpu_tag: str = "mdgate-gpu"
     """Tag on every MD task; a Prefect tag concurrency limit on it bounds GPU work."""
-    gpu_limit: Annotated[int, Field(ge=1)] = 2
+    gpu_limit: Annotated[int, Field(ge=0)] | None = None
     """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
-    once over all gates (set it to the number of GPUs on GPU workers)."""
+    once over all gates (set it to the number of GPUs on GPU workers). Default: the serve host's
+    CUDA GPUs, and no limit on a host without one (each slot taken is a write to the Prefect
+    database: on the embedded SQLite server, concurrent writes make about one MD task in two
+    wait ~2 s for a retry; ``benchmarks/gate_fixed_cost.py``). 0: no limit."""
     task_runner: Literal["local", "processes", "dask"] = "local"
     """Where a gate's per-molecule MD tasks run: ``local`` (threads of the flow's process, at most
     ``md_parallel`` at once), ``processes`` (as many worker processes of the flow's machine, each
