@@ -84,6 +84,8 @@ def main() -> None:
     config = config_for(args.steps)
     threads = max(1, args.cores // args.parallel)
     inputs = load_inputs(args.model, config, meta, "cpu")
+    # The gate's order (flows.gate.run_molecules): largest first.
+    inputs.molecules = sorted(inputs.molecules, key=lambda m: len(m.atoms), reverse=True)
     rows, t_threads, t_procs, t_up = [], [], [], []
     for k in range(args.repeat):
         t = run_threads(inputs, config, args.parallel, threads)

@@ -1,7 +1,8 @@
 """Time to verdict of the validation protocol, stage by stage, against the previous default.
 
     .venv/bin/python benchmarks/protocol_time.py [--models painn_small teacher]
-        [--molecules aspirin paracetamol caffeine] [--threads 2] [--out benchmarks/results]
+        [--molecules aspirin paracetamol caffeine] [--threads 2] [--variants old nve3 protocol]
+        [--out benchmarks/results]
 
 For each model (``examples/models/<name>.pt`` with its JSON metadata), in one run on the same
 molecules, one after the other on an otherwise idle machine:
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["painn_small", "teacher"])
     ap.add_argument("--molecules", nargs="+", default=["aspirin", "paracetamol", "caffeine"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     configure_threads(args.threads)
@@ -68,7 +70,7 @@ def main() -> None:
         path = ROOT / "examples" / "models" / f"{name}.pt"
         meta = ModelMeta.model_validate(json.loads(path.with_suffix(".json").read_text()))
         times = {}
-        for variant, overrides in VARIANTS.items():
+        for variant, overrides in ((v, VARIANTS[v]) for v in args.variants):
             config = GateConfig.model_validate({**overrides, "md": {**overrides.get("md", {}), "device": "cpu",
                                                                     "threads": args.threads},
                                                 "molecules": str(mols), "reference": str(ref)})
@@ -79,10 +81,11 @@ def main() -> None:
             rows.append((name, result.model.n_parameters, variant, result.verdict.value, times[variant], tm.sanity_s,
                          tm.md_s, tm.accuracy_s, tm.oracle_s, result.decided_by or "-"))
             print(f"{name} {variant}: {times[variant]:.1f} s, {result.verdict.value}", file=sys.stderr, flush=True)
-        summary[name] = {"n_parameters": result.model.n_parameters, "protocol_s": round(times["protocol"], 1),
-                         "old_s": round(times["old"], 1), "nve3_s": round(times["nve3"], 1),
-                         "protocol_vs_old": round(times["protocol"] / times["old"], 2),
-                         "protocol_vs_nve3": round(times["protocol"] / times["nve3"], 2)}
+        summary[name] = {"n_parameters": result.model.n_parameters,
+                         **{f"{v}_s": round(t, 1) for v, t in times.items()}}
+        for base in ("old", "nve3"):
+            if "protocol" in times and base in times:
+                summary[name][f"protocol_vs_{base}"] = round(times["protocol"] / times[base], 2)
     lines = [f"Time to verdict on {', '.join(args.molecules)} ({platform.machine()}, {os.cpu_count()} cores, "
              f"{args.threads} torch threads, 1-min load average {os.getloadavg()[0]:.1f} at the end)", "",
              "| model | params | variant | verdict | total s | sanity s | MD s | accuracy s | oracle s | decided by |",
@@ -93,7 +96,7 @@ def main() -> None:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "protocol_time_cpu.md").write_text(table + "\n")
-    print(json.dumps({"protocol_time_to_verdict_s": {k: v["protocol_s"] for k, v in summary.items()},
+    print(json.dumps({"protocol_time_to_verdict_s": {k: v.get("protocol_s") for k, v in summary.items()},
                       "models": summary}))
 
 

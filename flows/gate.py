@@ -466,7 +466,8 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
         pool = MDProcessPool(inputs.potential, n_parallel, threads)
     with pool if pool is not None else contextlib.nullcontext():
         abort = threading.Event()
-        pending = list(molecules)
+        # Largest first: the last task to start is a short one, and no lane idles long at the end.
+        pending = sorted(molecules, key=lambda m: len(m.atoms), reverse=True)
         running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
         results: dict[str, Any] = {}
         failure: BaseException | None = None
