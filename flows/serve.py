@@ -167,7 +167,7 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
 #: What a gate's process imports before its first task: imported once, by the fork server.
 WARM_MODULES = ["flows.gate", "flows.champion", "flows.review", "flows.notify", "registry.artifacts",
                 "mdgate.runner", "mdgate.report", "mdgate.sanity", "mdgate.oracle", "mdgate.potentials.schnetpack",
-                "schnetpack", "torch", "mlflow"]
+                "schnetpack", "torch", "mlflow", "matplotlib.pyplot"]
 
 
 class _ForkServerStarts:
