@@ -77,10 +77,12 @@ class Settings(BaseSettings):
     CUDA GPUs, and no limit on a host without one (each slot taken is a write to the Prefect
     database: on the embedded SQLite server, concurrent writes make about one MD task in two
     wait ~2 s for a retry; ``benchmarks/gate_fixed_cost.py``). 0: no limit."""
-    task_runner: Literal["local", "processes", "dask"] = "local"
-    """Where a gate's per-molecule MD tasks run: ``local`` (threads of the flow's process, at most
-    ``md_parallel`` at once), ``processes`` (as many worker processes of the flow's machine, each
-    with ``cores // md_parallel`` torch threads: no interpreter lock shared; ``flows/md_processes.py``)
+    task_runner: Literal["local", "processes", "dask"] = "processes"
+    """Where a gate's per-molecule MD tasks run: ``processes`` (the default: ``md_parallel`` worker
+    processes of the flow's machine, each with ``cores // md_parallel`` torch threads, no
+    interpreter lock shared, forked in a fraction of a second when that is one thread;
+    ``flows/md_processes.py``), ``local`` (threads of the flow's process, at most ``md_parallel``
+    at once)
     or ``dask`` (a Dask cluster through prefect-dask: the one at
     ``dask_address``, else one each gate starts from ``dask_cluster_class``); ``flows/dask_tasks.py``."""
     dask_address: str | None = None
