@@ -32,7 +32,7 @@ demo: venv
 	$(VENV)/bin/mdgate demo
 
 benchmark: venv
-	$(PY) benchmarks/md_throughput.py
+	$(PY) benchmarks/speed.py
 
 data: venv
 	$(PY) scripts/make_molecule_set.py

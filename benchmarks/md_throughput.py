@@ -143,17 +143,14 @@ def bench_engine_and_model(pot, mols: list[Molecule], n_replicas: int, steps: in
 
     C is per step: the time of a run of ``steps`` steps minus that of a run of 0 steps (the
     run's one-time setup: velocities, bonds, pairs, the initial forces), which a gate pays once
-    per batch of thousands of steps. ``SETUP_MS`` keeps that setup for the table.
+    per batch of thousands of steps; ``SETUP_MS`` keeps that setup for the table. C and D are
+    measured in turns (setup, C, D in each of ``max(reps, 5)`` rounds; medians), so that a
+    slower moment of the machine does not fall on one of them only.
     """
     def run(n: int):
         return lambda: run_nve(pot, mols, n_replicas=n_replicas, n_steps=n, timestep_fs=0.5, temperature_K=300,
                                neighbor_skin_A=0.0)
 
-    run(3)()
-    n_atoms = sum(len(m.atoms) for m in mols) * n_replicas
-    setup = median_time(run(0), reps)
-    c = median_time(run(steps), reps) - setup
-    SETUP_MS.setdefault((pot.n_parameters, n_replicas), setup * 1e3)  # eager first: its setup is kept
     dev = pot.device
     numbers = torch.as_tensor(np.concatenate([m.atoms.numbers for m in mols for _ in range(n_replicas)]), device=dev)
     pos = torch.as_tensor(np.concatenate([m.atoms.positions for m in mols for _ in range(n_replicas)]), device=dev)
@@ -169,8 +166,17 @@ def bench_engine_and_model(pot, mols: list[Molecule], n_replicas: int, steps: in
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    run(3)()
     bare()
-    d = median_time(bare, reps)
+    n_atoms = sum(len(m.atoms) for m in mols) * n_replicas
+    setups, cs, ds = [], [], []
+    for _ in range(max(reps, 5)):
+        setups.append(median_time(run(0), 1))
+        cs.append(median_time(run(steps), 1))
+        ds.append(median_time(bare, 1))
+    setup = statistics.median(setups)
+    c, d = statistics.median(cs) - setup, statistics.median(ds)
+    SETUP_MS.setdefault((pot.n_parameters, n_replicas), setup * 1e3)  # eager first: its setup is kept
     return n_atoms * steps / c, n_atoms * steps / d
 
 

@@ -1,5 +1,5 @@
 """The gate's per-molecule MD in worker processes of the gate's own machine
-(``MDGATE_TASK_RUNNER=processes``).
+(``MDGATE_TASK_RUNNER=processes``, the default).
 
 With the local runner, a gate's MD tasks are threads of the flow's process: they share the
 interpreter lock, and a small model's per-step Python work serialises them. Here each MD task is

@@ -138,7 +138,7 @@ def test_md_tasks_on_dask_workers_give_the_local_verdict(stack: Stack, registry:
     local_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
     dask_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
 
-    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag)
+    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag, MDGATE_TASK_RUNNER="local")
     rc_dask, wall_dask, out_dask = gate(stack, eight_molecules, name, dask_v, tag, MDGATE_TASK_RUNNER="dask",
                                         MDGATE_DASK_ADDRESS=c.scheduler_address)
     assert rc_local in (0, 1), out_local
@@ -251,7 +251,7 @@ def test_task_runner_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.dask_tasks import task_runner
     from flows.settings import load_settings
 
-    assert load_settings().task_runner == "local"  # the default is unchanged: no Dask
+    assert load_settings().task_runner == "processes"  # the default: worker processes, no Dask
     monkeypatch.setenv("MDGATE_TASK_RUNNER", "dask")
     monkeypatch.setenv("MDGATE_DASK_CLUSTER_KWARGS", '{"n_workers": 3, "processes": true}')
     monkeypatch.setenv("MDGATE_DASK_RESOURCES", '{"GPU": 1}')

@@ -31,7 +31,7 @@ def test_md_in_worker_processes_gives_the_local_verdict(stack: Stack, registry: 
     tag = f"mdgate-gpu-{uuid.uuid4().hex[:6]}"
     local_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
     proc_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
-    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag)
+    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag, MDGATE_TASK_RUNNER="local")
     rc_proc, wall_proc, out_proc = gate(stack, eight_molecules, name, proc_v, tag, MDGATE_TASK_RUNNER="processes")
     assert rc_local in (0, 1), out_local
     assert rc_proc == rc_local, out_proc
