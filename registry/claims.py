@@ -27,6 +27,8 @@ from registry.errors import LeaseLostError, PermanentRegistryError, RegistryErro
 from registry.types import AuditEvent, Claim, ClaimOutcome, EventKind, Status, VersionInfo, utcnow
 
 CLAIM_EXPERIMENT = "mdgate-claims/{name}/v{version}/{generation}"
+#: How long a gate run whose claim is being written by its trigger waits to see it.
+ADOPT_WAIT_S = 10.0
 
 
 class ClaimsMixin(AuditMixin):
@@ -55,11 +57,7 @@ class ClaimsMixin(AuditMixin):
             info = self.get_version(name, version)
             running = info.status == Status.RUNNING
         if running and flow_run and info.flow_run == flow_run and info.claim > 0:
-            self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
-                                          T.REASON: f"gate running (flow run {flow_run})"})
-            return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=info.claim,
-                                            flow_run=flow_run, lease_s=lease_s, expires_at=expires),
-                                status=Status.RUNNING)
+            return self._adopt(name, version, info.claim, flow_run, lease_s)
         if running and not info.lease_expired(now, lease_s):
             until = iso(info.lease_expires_at) if info.lease_expires_at else "?"
             return ClaimOutcome(status=info.status, reason=f"already Running (flow run {info.flow_run}, "
@@ -68,6 +66,10 @@ class ClaimsMixin(AuditMixin):
             return ClaimOutcome(status=info.status, reason=f"already {info.status.value}")
         generation = info.claim + 1
         while not self._take_lock(name, version, generation):
+            if flow_run and self._written_for(name, version, generation, flow_run):
+                # The trigger that started this run took the claim for it and was still writing
+                # it (a run forked from a warm process starts within a second).
+                return self._adopt(name, version, generation, flow_run, lease_s)
             if not self._lock_abandoned(name, version, generation, lease_s):
                 return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
             generation += 1  # its gate died before writing it to the version: take the next one
@@ -87,6 +89,38 @@ class ClaimsMixin(AuditMixin):
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
                             status=Status.RUNNING)
+
+    def _adopt(self, name: str, version: str, generation: int, flow_run: str, lease_s: float) -> ClaimOutcome:
+        """Take over claim ``generation``, written for ``flow_run`` by the trigger that started it,
+        and renew its lease.
+        """
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_s)
+        self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
+                                      T.REASON: f"gate running (flow run {flow_run})"})
+        return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
+                                        flow_run=flow_run, lease_s=lease_s, expires_at=expires),
+                            status=Status.RUNNING)
+
+    def _written_for(self, name: str, version: str, generation: int, flow_run: str,
+                     wait_s: float = ADOPT_WAIT_S) -> bool:
+        """Does claim ``generation`` show up on the version for ``flow_run`` within ``wait_s``?
+
+        Its lock is taken: whoever took it writes the claim within moments.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            info = self.get_version(name, version)
+            if info.claim > generation:
+                return False
+            if info.claim == generation:
+                if info.flow_run == flow_run and info.status == Status.RUNNING:
+                    return True
+                # the claim number is written before the flow run (set_tags writes one at a time)
+                deadline = min(deadline, time.monotonic() + 2.0)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
 
     def _lock_abandoned(self, name: str, version: str, generation: int, lease_s: float) -> bool:
         """Was claim ``generation``, which the version does not show, taken more than a lease

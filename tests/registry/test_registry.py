@@ -129,6 +129,30 @@ def test_claim_is_race_safe(registry: Registry, bad_model: ModelFile) -> None:
     assert adopted is not None and adopted.generation == 1
 
 
+def test_a_run_adopts_the_claim_its_trigger_is_still_writing(registry: Registry, bad_model: ModelFile) -> None:
+    """A gate run that starts within a second of its trigger may ask for its claim while the
+    trigger has taken the lock and not yet written it: the run waits and adopts it (before, it
+    ended Skipped and left the version Running for a run that had ended).
+    """
+    name = unique()
+    version = plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
+    assert registry._take_lock(name, version, 1)  # the trigger, mid-claim
+
+    def trigger_writes() -> None:
+        time.sleep(1.0)
+        registry.set_tags(name, version, {"mdgate.lease_expires_at": "2999-01-01T00:00:00+00:00",
+                                          "mdgate.status": Status.RUNNING.value, "mdgate.claim": "1",
+                                          "mdgate.flow_run": "run-a"})
+
+    writer = threading.Thread(target=trigger_writes)
+    writer.start()
+    outcome = registry.claim(name, version, lease_s=60, flow_run="run-a")
+    writer.join()
+    assert outcome.claim is not None and outcome.claim.generation == 1, outcome.reason
+    # another run is still refused
+    assert registry.claim(name, version, lease_s=60, flow_run="run-b").claim is None
+
+
 def test_versions_to_gate(registry: Registry, bad_model: ModelFile, tmp_path: Path) -> None:
     name = unique()
     data = {"model.pt": bad_model.path.read_bytes()}
