@@ -57,7 +57,7 @@ class ClaimsMixin(AuditMixin):
             info = self.get_version(name, version)
             running = info.status == Status.RUNNING
         if running and flow_run and info.flow_run == flow_run and info.claim > 0:
-            return self._adopt(name, version, info.claim, flow_run, lease_s)
+            return self._adopt(name, version, info.claim, flow_run, lease_s, write=not queued)
         if running and not info.lease_expired(now, lease_s):
             until = iso(info.lease_expires_at) if info.lease_expires_at else "?"
             return ClaimOutcome(status=info.status, reason=f"already Running (flow run {info.flow_run}, "
@@ -69,7 +69,7 @@ class ClaimsMixin(AuditMixin):
             if flow_run and self._written_for(name, version, generation, flow_run):
                 # The trigger that started this run took the claim for it and was still writing
                 # it (a run forked from a warm process starts within a second).
-                return self._adopt(name, version, generation, flow_run, lease_s)
+                return self._adopt(name, version, generation, flow_run, lease_s, write=not queued)
             if not self._lock_abandoned(name, version, generation, lease_s):
                 return ClaimOutcome(status=info.status, reason=f"claim {generation} taken by another gate")
             generation += 1  # its gate died before writing it to the version: take the next one
@@ -90,14 +90,18 @@ class ClaimsMixin(AuditMixin):
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
                             status=Status.RUNNING)
 
-    def _adopt(self, name: str, version: str, generation: int, flow_run: str, lease_s: float) -> ClaimOutcome:
-        """Take over claim ``generation``, written for ``flow_run`` by the trigger that started it,
-        and renew its lease.
+    def _adopt(self, name: str, version: str, generation: int, flow_run: str, lease_s: float,
+               write: bool = True) -> ClaimOutcome:
+        """Take over claim ``generation``, written for ``flow_run`` by the other side (the trigger
+        that started the run, or the run that started before its trigger wrote), and renew its
+        lease. ``write`` False (the trigger): write nothing, since the run may already have
+        published its verdict, and a lease or reason written after it would contradict it.
         """
         now = utcnow()
         expires = now + timedelta(seconds=lease_s)
-        self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
-                                      T.REASON: f"gate running (flow run {flow_run})"})
+        if write:
+            self.set_tags(name, version, {T.LEASE_EXPIRES_AT: iso(expires), T.UPDATED_AT: iso(now),
+                                          T.REASON: f"gate running (flow run {flow_run})"})
         return ClaimOutcome(claim=Claim(name=name, version=str(version), generation=generation,
                                         flow_run=flow_run, lease_s=lease_s, expires_at=expires),
                             status=Status.RUNNING)

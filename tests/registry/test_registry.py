@@ -151,6 +151,11 @@ def test_a_run_adopts_the_claim_its_trigger_is_still_writing(registry: Registry,
     assert outcome.claim is not None and outcome.claim.generation == 1, outcome.reason
     # another run is still refused
     assert registry.claim(name, version, lease_s=60, flow_run="run-b").claim is None
+    # a trigger that finds its run already holding the claim writes nothing: the run may have
+    # published its verdict in the meantime
+    tags = registry.get_version(name, version).tags
+    assert registry.claim(name, version, lease_s=60, flow_run="run-a", queued=True).claim is not None
+    assert registry.get_version(name, version).tags == tags
 
 
 def test_versions_to_gate(registry: Registry, bad_model: ModelFile, tmp_path: Path) -> None:
