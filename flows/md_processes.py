@@ -121,7 +121,6 @@ class MDProcessPool:
         self._executor = concurrent.futures.ProcessPoolExecutor(
             n_workers, mp_context=ctx, initializer=_init_worker,
             initargs=(pickle.dumps(potential), threads, self._progress, self._stop, ctx.Barrier(n_workers)))
-        self.started_at = time.perf_counter()
         self._latest: dict[str, tuple[int, int, bool]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
