@@ -11,7 +11,13 @@ profile shortened to ``--steps`` per stage), ``--parallel`` tasks at a time, eac
 ``cores // parallel`` torch threads. ``threads``: a thread pool in this process; ``processes``:
 ``flows.md_processes.MDProcessPool`` (its start-up, the workers' imports and the potential's
 unpickling, is timed separately and included in the ratio). The modes alternate, ``--repeat``
-times. Prints a Markdown table and one JSON line; writes both to ``--out``.
+times. Prints a Markdown table and one JSON line; writes both to ``--out``
+(``md_processes_cpu.md``/``.json``, ``md_processes_cpu_<model>.*`` for another model than the teacher).
+
+The ceiling: ``one lane`` runs the same tasks one after the other in this process, one task's
+torch threads. ``--parallel`` lanes can at best divide that time by ``--parallel``; each mode's
+*efficiency* is that ideal over its time, and ``ideal / threads`` bounds what processes could
+gain over threads on this machine (``processes_vs_threads_ceiling``; ``--no-lane`` skips it).
 """
 
 from __future__ import annotations
@@ -57,6 +63,15 @@ def run_threads(inputs, config: GateConfig, parallel: int, threads: int) -> floa
     return time.perf_counter() - t0
 
 
+def run_one_lane(inputs, config: GateConfig, threads: int) -> float:
+    """Seconds for every molecule's MD one after the other in this thread (one lane)."""
+    configure_threads(threads)
+    t0 = time.perf_counter()
+    for mol in inputs.molecules:
+        run_md(inputs.potential, [mol], config)
+    return time.perf_counter() - t0
+
+
 def run_processes(inputs, config: GateConfig, parallel: int, threads: int) -> tuple[float, float]:
     """Seconds for the same in worker processes (start-up included), and the start-up alone."""
     t0 = time.perf_counter()
@@ -77,6 +92,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--lane", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time one lane (the tasks one after the other): the ceiling of the ratio")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
 
@@ -96,21 +113,31 @@ def main() -> None:
         rows.append(f"| {k + 1} | {t:.1f} | {p:.1f} | {up:.1f} | {t / p:.2f} |")
         print(rows[-1], flush=True)
     ratio = sum(t_threads) / sum(t_procs)
+    lane = run_one_lane(inputs, config, threads) if args.lane else None
+    ideal = lane / args.parallel if lane else None
     head = (f"One gate's MD, {args.model.stem} on the packaged set ({len(inputs.molecules)} molecules, "
             f"{args.steps} NVE + {args.steps} stress steps, 1 replica), {args.parallel} tasks at a time, "
             f"{threads} torch thread(s) each ({platform.machine()}, {os.cpu_count()} cores, "
             f"1-min load average {os.getloadavg()[0]:.1f} at the end)")
     table = "\n".join([head, "", "| run | threads s | processes s | of which start-up s | threads / processes |",
                        "|---|---|---|---|---|", *rows])
+    mean_t, mean_p = sum(t_threads) / len(t_threads), sum(t_procs) / len(t_procs)
+    if ideal:
+        table += (f"\n\nOne lane (the same tasks one after the other, {threads} torch thread(s)): {lane:.1f} s; "
+                  f"{args.parallel} lanes at best {ideal:.1f} s. Efficiency against that ideal: threads "
+                  f"{ideal / mean_t:.2f}, processes {ideal / mean_p:.2f}; "
+                  f"processes could gain at most {mean_t / ideal:.2f}x over threads here.")
     summary = {"model": args.model.stem, "steps": args.steps, "parallel": args.parallel, "threads_each": threads,
                "threads_s": t_threads, "processes_s": t_procs, "processes_startup_s": t_up,
-               "processes_vs_threads": round(ratio, 3)}
+               "processes_vs_threads": round(ratio, 3), "one_lane_s": lane,
+               "processes_vs_threads_ceiling": round(mean_t / ideal, 3) if ideal else None}
     print()
     print(table)
     print(json.dumps(summary))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "md_processes_cpu.md").write_text(table + "\n")
-    (args.out / "md_processes_cpu.json").write_text(json.dumps(summary, indent=1) + "\n")
+    stem = "md_processes_cpu" + ("" if args.model.stem == "teacher" else f"_{args.model.stem}")
+    (args.out / f"{stem}.md").write_text(table + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

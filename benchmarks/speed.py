@@ -9,8 +9,9 @@ part's threads and caches do not bias the next):
 
 1. ``md_throughput.py``: A the ASE loop, B ``schnetpack.md``, C the engine, D the bare model
    (``md_throughput_<device>.md``);
-2. ``md_processes.py``: one gate's MD with its tasks as threads against worker processes, the
-   demo's teacher on the packaged set (CPU only; ``md_processes_cpu.md``);
+2. ``md_processes.py``: one gate's MD with its tasks as threads against worker processes, and
+   the ceiling of that ratio (one lane), on the packaged set: the demo's teacher
+   (``md_processes_cpu.md``) and the 29K student (``md_processes_cpu_student_20x.md``; CPU only);
 3. ``gate_fixed_cost.py``: a served gate's wall time outside its protocol's computation, from
    registration to the status in MLflow (CPU only; ``gate_fixed_cost_cpu.md``);
 4. ``protocol_time.py --variants protocol``: the whole default protocol's time to verdict on
@@ -19,7 +20,8 @@ part's threads and caches do not bias the next):
 
 ``--quick`` shortens each part (fewer steps and repetitions) for a look, not for figures. The
 last line is one JSON object: the keys of ``md_throughput.py`` plus ``processes_vs_threads``
-(one gate's MD time with threads over with processes, the processes' start-up included),
+(one gate's MD time with threads over with processes, the processes' start-up included; for the
+teacher, and ``processes_vs_threads_small`` for the 29K student, each with its ``_ceiling``),
 ``gate_fixed_cost_s`` and ``protocol_time_to_verdict_s`` (per model); the whole is also written
 to ``speed_<device>.json``.
 """
@@ -62,10 +64,14 @@ def main() -> None:
     summary = run_part("md_throughput.py", ["--device", args.device, *out,
                                             *(["--steps", "20", "--reps", "1", "--skip-spk-md"] if quick else [])])
     if args.device == "cpu":
-        procs = run_part("md_processes.py", [*out, *(["--steps", "100"] if quick else [])])
+        steps = ["--steps", "100"] if quick else []
+        procs = run_part("md_processes.py", [*out, *steps])
         summary["processes_vs_threads"] = procs["processes_vs_threads"]
-        summary["processes_vs_threads_md_alone"] = procs.get("processes_vs_threads_md_alone")
-        fixed = run_part("gate_fixed_cost.py", [*out, "--gates", "1" if quick else "3"])
+        summary["processes_vs_threads_ceiling"] = procs.get("processes_vs_threads_ceiling")
+        small = run_part("md_processes.py", [*out, *steps, "--model", str(ROOT / "examples/models/student_20x.pt")])
+        summary["processes_vs_threads_small"] = small["processes_vs_threads"]
+        summary["processes_vs_threads_small_ceiling"] = small.get("processes_vs_threads_ceiling")
+        fixed = run_part("gate_fixed_cost.py", [*out, "--gates", "1" if quick else "5"])
         summary["gate_fixed_cost_s"] = fixed["gate_fixed_cost_s"]
         summary["gate_fixed_cost_parts_s"] = {k.removesuffix("_s"): round(v, 2) for k, v in fixed["median"].items()
                                               if k not in ("wall_s", "compute_s", "fixed_s")}

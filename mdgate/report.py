@@ -10,7 +10,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from mdgate.checkspec import CHECKS, Stage
-from mdgate.report_champion import REMEASURED, BaselineComparison, champion_section, write_overlays
+from mdgate.plots import PlotJob, render_all
+from mdgate.report_champion import REMEASURED, BaselineComparison, champion_section, overlay_jobs
 from mdgate.report_stages import _status, fmt, plot_stress, stage_sections
 from mdgate.results import CheckResult, MoleculeResult, ValidationResult, Verdict
 
@@ -396,39 +397,41 @@ def plot_molecule(mol: MoleculeResult, path: Path) -> None:
 
 
 def write_report(result: ValidationResult, out_dir: Path,
-                 baseline: BaselineComparison | None = None) -> dict[str, Path]:
+                 baseline: BaselineComparison | None = None, plot_workers: int | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.html``, ``results.json`` and ``plots/*.png`` to ``out_dir``;
     with a ``baseline``, the side-by-side section, its overlaid plots and, when the gate measured
     the baseline itself, its result as ``baseline_results.json``.
+
+    The plots are drawn in ``plot_workers`` processes (default: one per core, see
+    :func:`mdgate.plots.render_all`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
+    jobs: list[PlotJob] = []
     files: dict[str, Path] = {}
-    if result.molecules:
-        (out_dir / "plots").mkdir(exist_ok=True)
-        for mol in result.molecules:
-            rel = f"plots/energy_{mol.name}.png"
-            plot_molecule(mol, out_dir / rel)
-            plots[mol.name] = rel
-            mol.plot = rel
-            files[rel] = out_dir / rel
+
+    def add_plot(key: str, rel: str, job: PlotJob) -> None:
+        plots[key] = rel
+        files[rel] = out_dir / rel
+        jobs.append(job)
+
+    for mol in result.molecules:
+        mol.plot = f"plots/energy_{mol.name}.png"
+        add_plot(mol.name, mol.plot, (plot_molecule, (mol, out_dir / mol.plot)))
     stress = result.stages.get(Stage.STRESS)
-    if stress is not None and stress.molecules:
-        (out_dir / "plots").mkdir(exist_ok=True)
-        for mol in stress.molecules:
-            rel = f"plots/stress_{mol.name}.png"
-            plot_stress(mol, out_dir / rel)
-            plots[f"stress:{mol.name}"] = rel
-            mol.plot = rel
-            files[rel] = out_dir / rel
+    for mol in stress.molecules if stress is not None else []:
+        mol.plot = f"plots/stress_{mol.name}.png"
+        add_plot(f"stress:{mol.name}", mol.plot, (plot_stress, (mol, out_dir / mol.plot)))
     if baseline is not None:
         result.baseline = baseline.record()
-        overlays = write_overlays(result, baseline, out_dir)
-        plots.update(overlays)
-        files.update({rel: out_dir / rel for rel in overlays.values()})
+        for key, (rel, job) in overlay_jobs(result, baseline, out_dir).items():
+            add_plot(key, rel, job)
         if baseline.result is not None and baseline.origin == REMEASURED:
             files["baseline_results.json"] = out_dir / "baseline_results.json"
             files["baseline_results.json"].write_text(baseline.result.model_dump_json(indent=1), encoding="utf-8")
+    if jobs:
+        (out_dir / "plots").mkdir(exist_ok=True)
+        render_all(jobs, plot_workers)
     markdown = render_markdown(result, plots, baseline)
     files["report.md"] = out_dir / "report.md"
     files["report.md"].write_text(markdown)

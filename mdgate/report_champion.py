@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdgate.plots import PlotJob
 from mdgate.report_stages import fmt
 from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
 
@@ -127,22 +128,22 @@ def plot_overlay(candidate: MoleculeResult, baseline: MoleculeResult, baseline_t
     plt.close(fig)
 
 
-def write_overlays(result: ValidationResult, section: BaselineComparison, out_dir: Path) -> dict[str, str]:
-    """One overlaid energy plot per molecule that both results ran, under ``out_dir/plots``.
+def overlay_jobs(result: ValidationResult, section: BaselineComparison,
+                 out_dir: Path) -> dict[str, tuple[str, PlotJob]]:
+    """One overlaid energy plot per molecule that both results ran, under ``out_dir/plots``
+    (to be drawn by :func:`mdgate.plots.render_all`).
 
     Returns:
-        ``overlay:<molecule>`` → the plot's path relative to ``out_dir``.
+        ``overlay:<molecule>`` → (the plot's path relative to ``out_dir``, its plot job).
     """
     if section.result is None:
         return {}
     base = {m.name: m for m in section.result.molecules}
-    plots: dict[str, str] = {}
+    jobs: dict[str, tuple[str, PlotJob]] = {}
     for mol in result.molecules:
         other = base.get(mol.name)
         if other is None or not mol.replicas or not other.replicas:
             continue
-        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
         rel = f"plots/baseline_{mol.name}.png"
-        plot_overlay(mol, other, section.title, out_dir / rel)
-        plots[f"overlay:{mol.name}"] = rel
-    return plots
+        jobs[f"overlay:{mol.name}"] = (rel, (plot_overlay, (mol, other, section.title, out_dir / rel)))
+    return jobs
