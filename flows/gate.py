@@ -437,6 +437,30 @@ def effective_config(gate_config: GateConfig, candidate: Candidate) -> tuple[Gat
     return GateConfig.model_validate(data), extra
 
 
+def md_tags(settings: Settings) -> list[str]:
+    """The MD tasks' tags: ``settings.gpu_tag`` where a concurrency limit on it exists, else none.
+
+    A tagged task takes a slot of its tag's limit at start and gives it back at the end: two
+    writes to the Prefect database, even when no limit exists. On the embedded SQLite server
+    those writes collide with the server's own (events, task states), and a task then waits ~2 s
+    for Prefect's retry. Without a limit the tag bounds nothing, so the tasks go without it;
+    where the limit cannot be read, they keep it (a limit is honoured rather than skipped).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.logging import get_logger
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_concurrency_limit_by_tag(settings.gpu_tag)
+    except ObjectNotFound:
+        return []
+    except Exception as e:
+        get_logger("mdgate.gate").warning("could not read the concurrency limit %s (%s): MD tasks keep the tag",
+                                 settings.gpu_tag, e)
+    return [settings.gpu_tag]
+
+
 def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateConfig,
                   key: str, md_prefix: str = "md") -> list[Any]:
     """One MD task per molecule (``<md_prefix>-<molecule>``), at most ``settings.md_parallel`` at a time.
@@ -454,7 +478,7 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
                             for m in molecules},
         renew=lambda: registry.renew(claim), renew_every_s=settings.lease_s / 3,
     )
-    md_task = md_molecule.with_options(tags=[settings.gpu_tag])
+    md_task = md_molecule.with_options(tags=md_tags(settings))
     if settings.task_runner == "dask":
         from flows.dask_tasks import run_on_dask
 

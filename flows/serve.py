@@ -96,11 +96,17 @@ class Receiver:
     """The webhook receiver on a uvicorn server in a background thread."""
 
     def __init__(self, settings: Settings, secret: str, criteria_sha256: str):
+        #: Called after a webhook created a flow run: ``serve`` wakes its runner with it, so that the
+        #: run starts now rather than at the runner's next poll (``MDGATE_POLL_S``).
+        self.on_flow_run: Callable[[], None] | None = None
+
         async def start(name: str, version: str) -> str:
             # A new version: claim generation 0. Off the event loop: the start is blocking I/O.
             started = await asyncio.to_thread(start_gate_for_version, settings, name, version, 0, criteria_sha256)
             logger.info("webhook: gate %s/%s → flow run %s (%s)", name, version, started.flow_run,
                         "claimed" if started.claimed else started.reason)
+            if started.flow_run and self.on_flow_run is not None:
+                self.on_flow_run()
             return started.flow_run
 
         app = create_app(secret, start, settings.webhook_tolerance_s, settings.webhook_max_body_bytes,
@@ -156,7 +162,7 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
                 on_ready()
             receiver.thread.join()
             return
-        asyncio.run(_run_deployments(settings, on_ready))
+        asyncio.run(_run_deployments(settings, on_ready, receiver))
     finally:
         if receiver is not None:
             receiver.stop()
@@ -210,7 +216,28 @@ def enable_warm_starts() -> bool:
     return True
 
 
-async def _run_deployments(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+def poll_now(runner: Runner, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """A thread-safe call that makes ``runner`` look for runs to start now, in ``loop``.
+
+    A second look beside the runner's own polling is harmless: a run being submitted is skipped,
+    and the server lets only one submission move a run from Scheduled to Pending. Should the
+    runner's internals change, the call does nothing and the regular poll starts the run.
+    """
+    async def look() -> None:
+        try:
+            await runner._get_and_submit_flow_runs()
+        except Exception as e:  # the next regular poll starts the run
+            logger.debug("could not wake the runner: %s", e)
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: serve is stopping
+            asyncio.run_coroutine_threadsafe(look(), loop)
+
+    return wake
+
+
+async def _run_deployments(settings: Settings, on_ready: Callable[[], None] | None,
+                           receiver: Receiver | None = None) -> None:
     runner = Runner(name="mdgate-serve", query_seconds=settings.poll_s, limit=settings.max_gates + 1)
     gate, sweep = await build_deployments(settings)
     if enable_warm_starts():
@@ -222,6 +249,8 @@ async def _run_deployments(settings: Settings, on_ready: Callable[[], None] | No
     else:
         await runner.aadd_deployment(gate)
     await runner.aadd_deployment(sweep)
+    if receiver is not None:
+        receiver.on_flow_run = poll_now(runner, asyncio.get_running_loop())
     if on_ready:
         on_ready()
     with contextlib.suppress(asyncio.CancelledError):
