@@ -184,8 +184,8 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
             any_=[flow_run.id])))
     md_tasks = {t.name: t for t in tasks if t.name.startswith("md-")}
     assert set(md_tasks) == {"md-ethanol", "md-malonaldehyde"}
-    # no concurrency limit on this CPU host: MD tasks carry no tag (test_md_tasks_tag_...)
-    assert all(t.tags == [] and t.state.is_completed() for t in md_tasks.values())
+    # the stack asks for a limit (MDGATE_GPU_LIMIT=2): the MD tasks carry its tag
+    assert all(t.tags == ["mdgate-gpu"] and t.state.is_completed() for t in md_tasks.values())
     steps = {t.name.split("-")[0] for t in tasks}
     assert steps >= {"claim", "fetch", "load", "sanity", "accuracy", "oracle", "verdict", "report", "publish"}
     kinds = {a.type: a for a in artifacts}
