@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     cores: Annotated[int, Field(ge=0)] = 0
     """CPU cores the gate may use (0 = all): each MD task gets ``cores // md_parallel`` torch threads."""
     gpu_tag: str = "mdgate-gpu"
-    """Tag on every MD task; a Prefect tag concurrency limit on it bounds GPU work."""
+    """Tag on the MD tasks when a Prefect tag concurrency limit on it exists (it then bounds GPU
+    work); without a limit the tasks go untagged (``flows.gate.md_tags``)."""
     gpu_limit: Annotated[int, Field(ge=0)] | None = None
     """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
     once over all gates (set it to the number of GPUs on GPU workers). Default: the serve host's
@@ -99,7 +100,8 @@ class Settings(BaseSettings):
     max_gates: Annotated[int, Field(ge=1)] = 1
     """Gates one ``mdgate serve`` process runs at the same time."""
     poll_s: Annotated[float, Field(gt=0)] = 2.0
-    """How often ``mdgate serve`` polls Prefect for gate runs to start."""
+    """How often ``mdgate serve`` polls Prefect for gate runs to start (a run its webhook created
+    starts at once; the poll starts the others: sweeps, ``mdgate gate``, retries)."""
     sweep_interval_s: Annotated[float, Field(gt=0)] = 60.0
     """Registry sweep schedule: catches versions whose webhook was lost and expired leases."""
     webhook_host: str = "127.0.0.1"
