@@ -230,7 +230,9 @@ def poll_now(runner: Runner, loop: asyncio.AbstractEventLoop) -> Callable[[], No
             logger.debug("could not wake the runner: %s", e)
 
     def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed: serve is stopping
+        if loop.is_closed():  # serve is stopping
+            return
+        with contextlib.suppress(RuntimeError):  # it closed meanwhile
             asyncio.run_coroutine_threadsafe(look(), loop)
 
     return wake
