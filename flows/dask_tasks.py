@@ -168,7 +168,7 @@ def run_on_dask(settings: Any, md_task: Any, potential: Any, molecules: list[Any
                 key = f"mdgate-md-{gate_id}-{mol.name}"
                 future = client.submit(
                     md_task.with_options(task_run_name=f"md-{mol.name}"), key=key, pure=False,
-                    parameters={"potential": potential, "molecule": mol, "config": config,
+                    parameters={"potential": potential, "molecules": [mol], "config": config,
                                 "threads": settings.dask_md_threads, "timeout_s": settings.md_timeout_s,
                                 "progress": ProgressReporter(key), "abort": flag},
                     return_type="state",
@@ -189,7 +189,7 @@ def run_on_dask(settings: Any, md_task: Any, potential: Any, molecules: list[Any
                         continue
                     del pending[name]
                     try:
-                        results[name] = future.result()
+                        [results[name]] = future.result()
                         progress.finish(name)
                     except BaseException as e:
                         if failure is None or isinstance(failure, aborted):

@@ -1,7 +1,8 @@
 """Live progress of the demo's gates, read from the Prefect API: what the Prefect UI shows.
 
 Per version: the gate flow run named in the version's ``mdgate.flow_run`` tag, its task runs
-(the running one is the stage; ``md-<molecule>`` runs that completed are the molecules done) and
+(the running one is the stage; the molecules of ``md-<molecule>+<molecule>...`` runs that completed
+are the molecules done) and
 its progress artifact ``<name>-v<version>-progress`` (MD steps done over steps asked, in %, and
 "over N molecules" in its description; ``flows/progress.py`` writes it). One line per version:
 redrawn in place on a terminal, appended when it changes (at most every ``every_s``) otherwise.
@@ -40,7 +41,7 @@ class GateView:
 
 
 def task_stage(name: str) -> str:
-    """``md-ethanol`` → ``md``; ``sanity-7c3`` → ``sanity``; ``publish-error-0b1`` → ``publish-error``."""
+    """``md-ethanol+uracil`` → ``md``; ``sanity-7c3`` → ``sanity``; ``publish-error-0b1`` → ``publish-error``."""
     return "md" if name.startswith("md-") else _SUFFIX.sub("", name)
 
 
@@ -52,7 +53,8 @@ def summarize_tasks(task_runs: Iterable[Any]) -> tuple[str, int]:
     """
     runs = sorted(task_runs, key=lambda t: (t.start_time is None, t.start_time or 0))
     running = [task_stage(t.name) for t in runs if _state(t) == "RUNNING"]
-    done = sum(1 for t in runs if t.name.startswith("md-") and _state(t) == "COMPLETED")
+    done = sum(len(t.name[len("md-"):].split("+")) for t in runs
+               if t.name.startswith("md-") and _state(t) == "COMPLETED")
     if running:
         return "+".join(dict.fromkeys(running)), done
     started = [t for t in runs if t.start_time is not None]

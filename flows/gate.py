@@ -1,4 +1,5 @@
-"""The gate flow: claim → fetch → load → MD per molecule → accuracy → report → publish.
+"""The gate flow: claim → fetch → load → sanity → MD (one task per lane of molecules) → accuracy →
+oracle → report → publish.
 
 Each task calls one engine (``mdgate``) or registry function. Final states are named after
 the verdict: ``Completed(name="Approved")`` and ``Completed(name="Rejected")`` (the gate did its
@@ -166,10 +167,10 @@ class MDAbortedError(MdgateError):
 
 
 @task(name="md", **ENGINE_TASK)
-def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads: int, timeout_s: float,
-                progress: GateProgress | None, abort: threading.Event, pool: Any = None) -> Any:
-    """The MD stages of one molecule (NVE and heat stress), all replicas batched
-    (``mdgate.runner.run_md``); returns its ``MoleculeRun``. With a ``pool``
+def md_molecules(potential: Any, molecules: list[Molecule], config: GateConfig, threads: int, timeout_s: float,
+                 progress: GateProgress | None, abort: threading.Event, pool: Any = None) -> list[Any]:
+    """The MD stages (NVE and heat stress) of a lane of molecules, all their replicas in one
+    batch (``mdgate.runner.run_md``); returns one ``MoleculeRun`` per molecule. With a ``pool``
     (:class:`flows.md_processes.MDProcessPool`) the MD runs in one of its worker processes and
     this task waits for it.
 
@@ -183,8 +184,9 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
 
     configure_threads(threads)
     deadline = time.monotonic() + timeout_s
+    names = "+".join(m.name for m in molecules)
     get_run_logger().info("MD of %s (%d atoms, %d replicas, %d NVE + %d stress steps) in process %d on %s",
-                          molecule.name, len(molecule.atoms), config.md.n_replicas,
+                          names, sum(len(m.atoms) for m in molecules), config.md.n_replicas,
                           config.md.n_steps if config.md.enabled else 0,
                           config.stress.n_steps if config.stress.enabled else 0, os.getpid(), socket.gethostname())
 
@@ -197,16 +199,14 @@ def md_molecule(potential: Any, molecule: Molecule, config: GateConfig, threads:
             progress(name, step, n_steps, running)
 
     if pool is not None:  # the task polls its worker: the deadline holds even if the model hangs
-        result = pool.run(molecule, config, tick)
-        if progress is not None:
-            progress.finish(molecule.name)
-        return result
-    # The step check above cannot fire while the model does not return: a hard deadline, later.
-    [result] = call_with_deadline(lambda: run_md(potential, [molecule], config, tick), timeout_s * 1.1 + 1,
-                                  f"MD of {molecule.name}")
+        results = pool.run(molecules, config, tick)
+    else:  # the step check above cannot fire while the model does not return: a hard deadline, later
+        results = call_with_deadline(lambda: run_md(potential, molecules, config, tick), timeout_s * 1.1 + 1,
+                                     f"MD of {names}")
     if progress is not None:
-        progress.finish(molecule.name)
-    return result
+        for m in molecules:
+            progress.finish(m.name)
+    return results
 
 
 def run_stage(name: str, fn: Any, timeout_s: float | None = None) -> Any:
@@ -380,7 +380,7 @@ def run_gate(settings: Settings, claim: Claim, gate_config: GateConfig, work: Pa
 def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: GateConfig, work: Path, key: str,
                     source: str, md_prefix: str = "md") -> ValidationResult:
     """Load a fetched model, then the engine's pipeline (``mdgate.runner.run_pipeline``) with one
-    MD task per molecule (``<md_prefix>-<molecule>``) and each other stage as a task, under the
+    MD task per lane of molecules (:func:`run_molecules`) and each other stage as a task, under the
     gate's lease. The candidate and, for the champion comparison, its baseline are measured so.
 
     Raises:
@@ -461,9 +461,22 @@ def md_tags(settings: Settings) -> list[str]:
     return [settings.gpu_tag]
 
 
+def md_batches(settings: Settings, molecules: list[Molecule]) -> list[list[Molecule]]:
+    """The gate's MD tasks, each a batch of molecules: ``md_parallel`` lanes of about equal atoms
+    (``md_batch=lanes``), or one molecule each, largest first (``md_batch=molecule``).
+    """
+    from mdgate.runner import split_lanes
+
+    if settings.md_batch == "lanes":
+        return split_lanes(molecules, settings.md_parallel)
+    # Largest first: the last task to start is a short one, and no lane idles long at the end.
+    return [[m] for m in sorted(molecules, key=lambda m: len(m.atoms), reverse=True)]
+
+
 def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateConfig,
                   key: str, md_prefix: str = "md") -> list[Any]:
-    """One MD task per molecule (``<md_prefix>-<molecule>``), at most ``settings.md_parallel`` at a time.
+    """The gate's MD as tasks ``<md_prefix>-<molecule>[+<molecule>...]`` (:func:`md_batches`), at
+    most ``settings.md_parallel`` at a time.
 
     Raises:
         MdgateError: a task timed out or the model failed during MD.
@@ -478,7 +491,7 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
                             for m in molecules},
         renew=lambda: registry.renew(claim), renew_every_s=settings.lease_s / 3,
     )
-    md_task = md_molecule.with_options(tags=md_tags(settings))
+    md_task = md_molecules.with_options(tags=md_tags(settings))
     if settings.task_runner == "dask":
         from flows.dask_tasks import run_on_dask
 
@@ -490,22 +503,23 @@ def run_molecules(settings: Settings, claim: Claim, inputs: Any, config: GateCon
         pool = MDProcessPool(inputs.potential, n_parallel, threads)
     with pool if pool is not None else contextlib.nullcontext():
         abort = threading.Event()
-        # Largest first: the last task to start is a short one, and no lane idles long at the end.
-        pending = sorted(molecules, key=lambda m: len(m.atoms), reverse=True)
-        running: dict[concurrent.futures.Future, tuple[Molecule, Any]] = {}
+        pending = md_batches(settings, molecules)
+        running: dict[concurrent.futures.Future, tuple[list[Molecule], Any]] = {}
         results: dict[str, Any] = {}
         failure: BaseException | None = None
         while (pending and failure is None) or running:
             while pending and failure is None and len(running) < n_parallel:
-                mol = pending.pop(0)
-                future = md_task.with_options(task_run_name=f"{md_prefix}-{mol.name}").submit(
-                    inputs.potential, mol, config, threads, settings.md_timeout_s, progress, abort, pool)
-                running[future.wrapped_future] = (mol, future)
+                batch = pending.pop(0)
+                name = f"{md_prefix}-{'+'.join(m.name for m in batch)}"
+                future = md_task.with_options(task_run_name=name).submit(
+                    inputs.potential, batch, config, threads, settings.md_timeout_s * len(batch), progress, abort,
+                    pool)
+                running[future.wrapped_future] = (batch, future)
             done, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
             for f in done:
-                mol, future = running.pop(f)
+                batch, future = running.pop(f)
                 try:
-                    results[mol.name] = future.result()
+                    results.update(zip([m.name for m in batch], future.result(), strict=True))
                 except BaseException as e:
                     if failure is None or isinstance(failure, MDAbortedError):
                         failure = e

@@ -1,12 +1,12 @@
-"""The gate's per-molecule MD in worker processes of the gate's own machine
+"""The gate's MD lanes in worker processes of the gate's own machine
 (``MDGATE_TASK_RUNNER=processes``, the default).
 
 With the local runner, a gate's MD tasks are threads of the flow's process: they share the
 interpreter lock, and a small model's per-step Python work serialises them. Here each MD task is
-still a Prefect task run of the gate (``md-<molecule>``, tagged with ``MDGATE_GPU_TAG``, visible
-in the UI), but the task only waits: the MD itself runs in a pool of worker processes that the
-gate starts once, each with its share of the cores (``cores // md_parallel`` torch threads) and
-the potential unpickled once per process.
+still a Prefect task run of the gate (``md-<molecule>+...``, tagged with ``MDGATE_GPU_TAG`` where
+a limit exists, visible in the UI), but the task only waits: the MD itself runs in a pool of
+worker processes that the gate starts once, each with its share of the cores (``cores //
+md_parallel`` torch threads) and the potential unpickled once per process.
 
 What the thread path shares in memory crosses processes here:
 
@@ -88,7 +88,7 @@ def _warm() -> int:
     return os.getpid()
 
 
-def _run_molecule(molecule: Any, config: Any) -> Any:
+def _run_molecules(molecules: list[Any], config: Any) -> list[Any]:
     from mdgate.runner import run_md
 
     last: dict[str, float] = {}
@@ -103,8 +103,7 @@ def _run_molecule(molecule: Any, config: Any) -> Any:
         with contextlib.suppress(Exception):  # progress is cosmetic: never fail MD for it
             _QUEUE.put_nowait((name, step, n_steps, running))
 
-    [result] = run_md(_POTENTIAL, [molecule], config, tick)
-    return result
+    return run_md(_POTENTIAL, molecules, config, tick)
 
 
 ProgressFn = Callable[[str, int, int, bool], None]
@@ -148,17 +147,17 @@ class MDProcessPool:
             with self._lock:
                 self._latest[name] = (step, n_steps, running)
 
-    def run(self, molecule: Any, config: Any, tick: ProgressFn) -> Any:
-        """Run ``molecule``'s MD in a worker; return its ``MoleculeRun``.
+    def run(self, molecules: list[Any], config: Any, tick: ProgressFn) -> list[Any]:
+        """Run the MD of a lane of ``molecules`` in a worker; return one ``MoleculeRun`` per molecule.
 
-        ``tick(name, step, n_steps, running)`` gets the worker's progress and is called at least
-        every ``POLL_S`` (with the last known step); when it raises (abort, deadline), the workers
-        are told to stop and the exception propagates.
+        ``tick(name, step, n_steps, running)`` gets the worker's progress of each molecule and is
+        called at least every ``POLL_S`` (with the last known step); when it raises (abort,
+        deadline), the workers are told to stop and the exception propagates.
         """
-        future = self._executor.submit(_run_molecule, molecule, config)
+        future = self._executor.submit(_run_molecules, molecules, config)
         n_steps = max(config.md.n_steps if config.md.enabled else 0,
                       config.stress.n_steps if config.stress.enabled else 0, 1)
-        last = (0, n_steps, True)
+        last = {m.name: (0, n_steps, True) for m in molecules}
         while True:
             try:
                 return future.result(timeout=POLL_S)
@@ -167,9 +166,11 @@ class MDProcessPool:
             except StopRequested:
                 raise
             with self._lock:
-                last = self._latest.pop(molecule.name, last)
+                for name in last:
+                    last[name] = self._latest.pop(name, last[name])
             try:
-                tick(molecule.name, last[0], last[1], last[2])
+                for name, (step, total, running) in last.items():
+                    tick(name, step, total, running)
             except BaseException:
                 self._stop.set()
                 future.cancel()

@@ -63,10 +63,20 @@ class Settings(BaseSettings):
     """How long a ``Running`` claim lasts without renewal; MD progress renews it. A version left
     ``Running`` past its lease (a crashed gate) is gated again by the sweep."""
     md_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
-    """Timeout of one per-molecule MD task; a timeout ends the gate with status Error."""
+    """Timeout of one molecule's MD (a lane of k molecules gets k times it); a timeout ends the
+    gate with status Error."""
     md_parallel: Annotated[int, Field(ge=1)] = 2
-    """Per-molecule MD tasks of one gate that run at the same time (on a 2-core CPU, two tasks
+    """MD tasks of one gate that run at the same time, its lanes (on a 2-core CPU, two tasks
     with one thread each beat one task with two threads)."""
+    md_batch: Literal["lanes", "molecule"] = "lanes"
+    """How a gate's MD is cut into tasks: ``lanes`` (the default) splits the molecules into
+    ``md_parallel`` batches of about equal atoms (``mdgate.runner.split_lanes``), one task
+    ``md-<molecule>+<molecule>...`` each, all of a lane's molecules advanced by one model call per
+    step; ``molecule`` runs one task ``md-<molecule>`` per molecule, largest first, at most
+    ``md_parallel`` at a time. Lanes pay the per-step Python work and small-matrix overhead once
+    per lane instead of once per molecule (``benchmarks/md_lanes.py``); one task per molecule
+    shows each molecule's MD as a task of its own in the UI. With ``task_runner=dask`` MD always
+    runs one task per molecule."""
     cores: Annotated[int, Field(ge=0)] = 0
     """CPU cores the gate may use (0 = all): each MD task gets ``cores // md_parallel`` torch threads."""
     gpu_tag: str = "mdgate-gpu"

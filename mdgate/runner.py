@@ -3,7 +3,7 @@ verdict → report.
 
 :func:`run_pipeline` is the one pipeline: ``mdgate validate`` (:func:`validate`) and the gate flow
 both call it; the flow only plugs in its own way of mapping MD over molecules (one Prefect task
-per molecule) and of running each stage (as a Prefect task).
+per lane of molecules, :func:`split_lanes`) and of running each stage (as a Prefect task).
 """
 
 from __future__ import annotations
@@ -203,6 +203,26 @@ def run_md(potential: SchnetpackPotential, molecules: list[Molecule], config: Ga
     return runs
 
 
+def split_lanes(molecules: list[Molecule], n_lanes: int) -> list[list[Molecule]]:
+    """Split ``molecules`` into at most ``n_lanes`` batches of about equal work, for lanes that
+    run side by side (each one :func:`run_md` call, one model call per step for all its molecules).
+
+    Work is counted in atoms (the cost of a step grows with them). Largest first, each molecule
+    goes to the lane with the fewest atoms so far (ties: the lower lane); within a lane the
+    molecules keep their order in ``molecules``. Deterministic: the same set and lane count give
+    the same batches, hence the same numbers, whichever runner runs them.
+    """
+    n = max(1, min(n_lanes, len(molecules)))
+    lanes: list[list[int]] = [[] for _ in range(n)]
+    atoms = [0] * n
+    order = sorted(range(len(molecules)), key=lambda i: (-len(molecules[i].atoms), i))
+    for i in order:
+        k = min(range(n), key=lambda j: (atoms[j], j))
+        lanes[k].append(i)
+        atoms[k] += len(molecules[i].atoms)
+    return [[molecules[i] for i in sorted(lane)] for lane in lanes if lane]
+
+
 def _summarize(mol: Molecule, trajs: list[Trajectory], criteria: Any, required: bool, n_steps: int,
                stage: str) -> MoleculeResult:
     reps = [evaluate_trajectory(t, criteria, required) for t in trajs]
@@ -340,7 +360,7 @@ def error_result(reason: str, source: str, config: GateConfig, meta: ModelMeta |
 StageFn = Callable[[str, Callable[[], Any]], Any]
 """``run_stage(name, fn)``: how a pipeline stage is run (directly, or as a Prefect task)."""
 MapMD = Callable[[list[Molecule]], list[MoleculeRun]]
-"""How MD is mapped over molecules (all in one batch, or one task per molecule)."""
+"""How MD is mapped over molecules (all in one batch, or one task per lane of molecules)."""
 
 
 def _direct(name: str, fn: Callable[[], Any]) -> Any:

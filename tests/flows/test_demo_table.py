@@ -129,6 +129,8 @@ def test_progress_line_from_task_runs_and_the_progress_artifact() -> None:
     stage, done = summarize_tasks(tasks)
     assert (stage, done) == ("md", 1)
     assert summarize_tasks(tasks[:3]) == ("sanity", 0)
+    lanes = [run("md-caffeine+ethanol+uracil", "COMPLETED", 3), run("md-aspirin+toluene", "RUNNING", 3)]
+    assert summarize_tasks(lanes) == ("md", 3)  # a completed lane counts each of its molecules
     assert summarize_tasks([run("publish-error-0b1", "RUNNING", 9)]) == ("publish-error", 0)
     view = GateView(state="Running", stage=stage, molecules_done=done, molecules_total=10, md_percent=43.0,
                     elapsed_s=151)

@@ -15,7 +15,7 @@ from mdgate.config import GateConfig
 from mdgate.md import StopLimits, Trajectory, degrees_of_freedom, maxwell_boltzmann, replica_seed, run_nve
 from mdgate.molecules import Molecule
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import md_limits
+from mdgate.runner import md_limits, run_md, split_lanes
 from tests.models import MorsePairPotential, tetrahedron, triangle
 
 MORSE = {"epsilon_eV": 0.5, "rho0": 4.0, "r0_A": 1.5}
@@ -166,6 +166,44 @@ def test_batching_a_schnetpack_model_changes_a_trajectory_only_by_float32_roundi
     np.testing.assert_allclose(batch[2].max_bond_deviation_A, alone.max_bond_deviation_A, atol=1e-5)
     # The untrained model moves the atoms a lot: the comparison is not of a standing molecule.
     assert max(alone.max_bond_deviation_A) > 0.05
+
+
+@pytest.mark.parametrize("n_lanes", [1, 2, 3, 10, 11])
+def test_lanes_split_the_molecules_once_each_in_balanced_deterministic_batches(
+        packaged_molecules, n_lanes: int) -> None:
+    lanes = split_lanes(packaged_molecules, n_lanes)
+    assert len(lanes) == min(n_lanes, len(packaged_molecules))
+    names = [m.name for m in packaged_molecules]
+    assert sorted(m.name for lane in lanes for m in lane) == sorted(names)
+    for lane in lanes:  # each lane keeps the set's order
+        assert [m.name for m in lane] == [n for n in names if n in {m.name for m in lane}]
+    atoms = [sum(len(m.atoms) for m in lane) for lane in lanes]
+    # greedy largest-first: no lane exceeds another by more than its smallest molecule
+    assert max(atoms) - min(atoms) <= max(min(len(m.atoms) for m in lane) for lane in lanes)
+    again = split_lanes(list(packaged_molecules), n_lanes)
+    assert [[m.name for m in lane] for lane in again] == [[m.name for m in lane] for lane in lanes]
+
+
+def test_two_lanes_of_the_packaged_set_have_equal_work(packaged_molecules) -> None:
+    atoms = sorted(sum(len(m.atoms) for m in lane) for lane in split_lanes(packaged_molecules, 2))
+    assert atoms[1] - atoms[0] <= 3, atoms
+
+
+def test_a_lane_runs_as_one_batch_and_returns_each_molecule_in_order() -> None:
+    """The gate's lane (``run_md`` on several molecules) gives what each molecule gives alone
+    (float64 potential: identically), in the lane's order, NVE and stress.
+    """
+    mols = pulled_set()
+    config = GateConfig.model_validate({
+        "md": {"n_steps": 60, "n_replicas": 2, "record_every": 5, "fail_fast": False},
+        "stress": {"ramp_ps": 0.02, "hold_ps": 0.01}, "oracle": {"enabled": False}})
+    lane = run_md(MorsePairPotential(**MORSE), mols, config)
+    alone = [run_md(MorsePairPotential(**MORSE), [m], config)[0] for m in mols]
+    assert [r.nve.name for r in lane] == [m.name for m in mols]
+    for a, b in zip(lane, alone, strict=True):
+        assert a.nve.model_dump() == b.nve.model_dump()
+        assert a.stress.model_dump() == b.stress.model_dump()
+        assert a.stress.replicas[0].steps_done == 60
 
 
 # ----------------------------------------------------------------------------------- fail-fast

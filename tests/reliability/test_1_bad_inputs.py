@@ -102,7 +102,7 @@ def test_bad_versions_end_error_or_rejected_and_leave_others(
         "model hanging after its first calls": ("hang3", {"model.pt": saved(HangingModel(good_module(), after=3),
                                                                             tmp_path, "h3.pt")},
                                                 META_TAGS, "Error",
-                                                r"(the sanity stage|MD of \w+) did not return within [\d.]+ s"),
+                                                r"(the sanity stage|MD of [\w+]+) did not return within [\d.]+ s"),
         "missing energy unit (empty tag)": ("good", None, {**META_TAGS, "mdgate.energy_unit": ""}, "Error",
                                             r"mdgate\.energy_unit.*empty"),
         "contradictory unit metadata": ("good", None, {**META_TAGS, "mdgate.position_unit": "nm"}, "Error",

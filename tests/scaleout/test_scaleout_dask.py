@@ -138,7 +138,9 @@ def test_md_tasks_on_dask_workers_give_the_local_verdict(stack: Stack, registry:
     local_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
     dask_v = register_potential(registry, good_model.path, name, meta=good_model.meta).version
 
-    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag, MDGATE_TASK_RUNNER="local")
+    # one MD task per molecule in both gates: the same batches, the same numbers
+    rc_local, wall_local, out_local = gate(stack, eight_molecules, name, local_v, tag, MDGATE_TASK_RUNNER="local",
+                                           MDGATE_MD_BATCH="molecule")
     rc_dask, wall_dask, out_dask = gate(stack, eight_molecules, name, dask_v, tag, MDGATE_TASK_RUNNER="dask",
                                         MDGATE_DASK_ADDRESS=c.scheduler_address)
     assert rc_local in (0, 1), out_local

@@ -2,7 +2,8 @@
 real gate: the same model registered twice, one version gated with the default local runner
 (threads), the other with worker processes, each by ``mdgate gate`` in its own process against
 the session's MLflow and Prefect servers. The verdict and every per-molecule figure must be the
-local run's, and every molecule must still be a completed ``md-<molecule>`` task run of the gate.
+local run's (both gates run the same two lanes of four molecules), and every molecule must be in
+a completed ``md-<molecule>+...`` task run of the gate.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def test_md_in_worker_processes_gives_the_local_verdict(stack: Stack, registry: 
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[proc.flow_run])))
     md = [t for t in tasks if t.name.startswith("md-")]
-    assert len(md) == N_MOLECULES and all(t.state.is_completed() for t in md), [(t.name, t.state.name) for t in md]
+    assert len(md) == 2 and all(t.state.is_completed() for t in md), [(t.name, t.state.name) for t in md]
+    lanes = [t.name[len("md-"):].split("+") for t in md]
+    assert sorted(n for lane in lanes for n in lane) == sorted(m["name"] for m in r_proc["molecules"])
+    assert len(r_proc["molecules"]) == N_MOLECULES
     record_timing("processes_gate_wall_s", wall_proc)
     record_timing("threads_gate_wall_s", wall_local)
