@@ -9,8 +9,9 @@ part's threads and caches do not bias the next):
 
 1. ``md_throughput.py``: A the ASE loop, B ``schnetpack.md``, C the engine, D the bare model
    (``md_throughput_<device>.md``);
-2. ``md_processes.py``: one gate's MD with its tasks as threads against worker processes, and
-   the ceiling of that ratio (one lane), on the packaged set: the demo's teacher
+2. ``md_processes.py``: one gate's MD with its per-molecule tasks as threads against worker
+   processes, the ceiling of that ratio (one lane), and worker processes running one batch per
+   lane (the default gate), on the packaged set: the demo's teacher
    (``md_processes_cpu.md``) and the 29K student (``md_processes_cpu_student_20x.md``; CPU only);
 3. ``gate_fixed_cost.py``: a served gate's wall time outside its protocol's computation, from
    registration to the status in MLflow (CPU only; ``gate_fixed_cost_cpu.md``);
@@ -21,7 +22,9 @@ part's threads and caches do not bias the next):
 ``--quick`` shortens each part (fewer steps and repetitions) for a look, not for figures. The
 last line is one JSON object: the keys of ``md_throughput.py`` plus ``processes_vs_threads``
 (one gate's MD time with threads over with processes, the processes' start-up included; for the
-teacher, and ``processes_vs_threads_small`` for the 29K student, each with its ``_ceiling``),
+teacher, and ``processes_vs_threads_small`` for the 29K student, each with its ``_ceiling``;
+``gate_md_vs_threads`` and ``gate_md_vs_threads_small``: the same threads over the default gate's
+worker processes with lanes),
 ``gate_fixed_cost_s`` and ``protocol_time_to_verdict_s`` (per model); the whole is also written
 to ``speed_<device>.json``.
 """
@@ -68,9 +71,11 @@ def main() -> None:
         procs = run_part("md_processes.py", [*out, *steps])
         summary["processes_vs_threads"] = procs["processes_vs_threads"]
         summary["processes_vs_threads_ceiling"] = procs.get("processes_vs_threads_ceiling")
+        summary["gate_md_vs_threads"] = procs.get("lanes_processes_vs_threads")
         small = run_part("md_processes.py", [*out, *steps, "--model", str(ROOT / "examples/models/student_20x.pt")])
         summary["processes_vs_threads_small"] = small["processes_vs_threads"]
         summary["processes_vs_threads_small_ceiling"] = small.get("processes_vs_threads_ceiling")
+        summary["gate_md_vs_threads_small"] = small.get("lanes_processes_vs_threads")
         fixed = run_part("gate_fixed_cost.py", [*out, "--gates", "1" if quick else "5"])
         summary["gate_fixed_cost_s"] = fixed["gate_fixed_cost_s"]
         summary["gate_fixed_cost_parts_s"] = {k.removesuffix("_s"): round(v, 2) for k, v in fixed["median"].items()
