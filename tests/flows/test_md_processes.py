@@ -39,7 +39,9 @@ def test_workers_give_the_results_of_the_flows_process(potential, packaged_molec
     """Forked (the default for one-thread workers) or spawned, the workers compute what the flow's
     process computes, and report their progress.
     """
-    mols = [m for m in packaged_molecules if m.name in ("ethanol", "malonaldehyde")]
+    by = {m.name: m for m in packaged_molecules}
+    lanes = [[by["ethanol"], by["malonaldehyde"]], [by["uracil"]]]  # a lane of two molecules, one of one
+    mols = [m for lane in lanes for m in lane]
     config = parse_config(quick({"md": {"n_steps": 200, "n_replicas": 2, "device": "cpu", "compile": "off"}}))
     seen: dict[str, list[tuple[int, bool]]] = {m.name: [] for m in mols}
     pids = set()
@@ -55,13 +57,14 @@ def test_workers_give_the_results_of_the_flows_process(potential, packaged_molec
         assert pool.start_method == start
         pids = {f.result(timeout=120) for f in pool._warming}
         with ThreadPoolExecutor(2) as threads:  # as the gate's MD tasks: both wait at once
-            futures = {m.name: threads.submit(pool.run, m, config, lambda n, s, t, r: seen[n].append((s, r)))
-                       for m in mols}
-            runs = {name: f.result() for name, f in futures.items()}
+            futures = [threads.submit(pool.run, lane, config, lambda n, s, t, r: seen[n].append((s, r)))
+                       for lane in lanes]
+            runs = {m.name: r for lane, f in zip(lanes, futures, strict=True)
+                    for m, r in zip(lane, f.result(), strict=True)}
     assert len(pids) == 2 and os.getpid() not in pids
+    here_runs = {m.name: r for lane in lanes for m, r in zip(lane, run_md(potential, lane, config), strict=True)}
     for mol in mols:
-        [here] = run_md(potential, [mol], config)
-        there = runs[mol.name]
+        here, there = here_runs[mol.name], runs[mol.name]
         for stage in ("nve", "stress"):
             a, b = getattr(here, stage), getattr(there, stage)
             assert [r.steps_done for r in a.replicas] == [r.steps_done for r in b.replicas]
@@ -85,5 +88,5 @@ def test_a_stop_reaches_the_workers(potential, packaged_molecules: list[Molecule
             raise Stop(f"{name} stopped at step {step}")
 
     with pytest.raises(Stop), MDProcessPool(potential, n_workers=1, threads=1) as pool:
-        pool.run(mol, config, tick)
+        pool.run([mol], config, tick)
     assert time.monotonic() - t0 < 60
