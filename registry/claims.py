@@ -53,7 +53,13 @@ class ClaimsMixin(AuditMixin):
         expires = now + timedelta(seconds=lease_s)
         running = info.status == Status.RUNNING
         if running and flow_run and info.flow_run != flow_run and not info.lease_expired(now, lease_s):
-            time.sleep(0.5)  # a trigger may be writing its claim for this very run: look once more
+            # The trigger that started this run may be writing its claim for it right now: its
+            # tags are written one at a time (status, claim number, flow run last), and a run
+            # forked from a warm process can read them in between. Wait for a claim being written.
+            for generation in (info.claim + 1, info.claim):
+                if generation > 0 and self._lock_taken(name, version, generation) \
+                        and self._written_for(name, version, generation, flow_run):
+                    return self._adopt(name, version, generation, flow_run, lease_s, write=not queued)
             info = self.get_version(name, version)
             running = info.status == Status.RUNNING
         if running and flow_run and info.flow_run == flow_run and info.claim > 0:
@@ -121,10 +127,16 @@ class ClaimsMixin(AuditMixin):
                 if info.flow_run == flow_run and info.status == Status.RUNNING:
                     return True
                 # the claim number is written before the flow run (set_tags writes one at a time)
-                deadline = min(deadline, time.monotonic() + 2.0)
+                deadline = min(deadline, time.monotonic() + ADOPT_WAIT_S / 2)
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.25)
+
+    def _lock_taken(self, name: str, version: str, generation: int) -> bool:
+        """Has some gate taken the lock of claim ``generation``?"""
+        lock = CLAIM_EXPERIMENT.format(name=name, version=version, generation=generation)
+        with translate_errors(f"reading claim {generation} of {name}/{version}"):
+            return self.client.get_experiment_by_name(lock) is not None  # deleted ones too
 
     def _lock_abandoned(self, name: str, version: str, generation: int, lease_s: float) -> bool:
         """Was claim ``generation``, which the version does not show, taken more than a lease

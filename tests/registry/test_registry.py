@@ -158,6 +158,34 @@ def test_a_run_adopts_the_claim_its_trigger_is_still_writing(registry: Registry,
     assert registry.get_version(name, version).tags == tags
 
 
+def test_a_run_adopts_its_claim_when_it_reads_between_the_triggers_writes(registry: Registry,
+                                                                          bad_model: ModelFile) -> None:
+    """The run reads the version after its trigger wrote the status (Running, a live lease) and
+    before the claim number and flow run: it waits for them and adopts the claim (before, it
+    ended Skipped as "already Running (flow run None)" and the version waited an hour for its
+    lease to expire).
+    """
+    name = unique()
+    version = plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
+    assert registry._take_lock(name, version, 1)  # the trigger, mid-claim
+    registry.set_tags(name, version, {"mdgate.lease_expires_at": "2999-01-01T00:00:00+00:00",
+                                      "mdgate.status": Status.RUNNING.value})
+
+    def trigger_writes() -> None:
+        time.sleep(1.5)
+        registry.set_tags(name, version, {"mdgate.claim": "1"})
+        time.sleep(1.5)
+        registry.set_tags(name, version, {"mdgate.flow_run": "run-a"})
+
+    writer = threading.Thread(target=trigger_writes)
+    writer.start()
+    outcome = registry.claim(name, version, lease_s=60, flow_run="run-a")
+    writer.join()
+    assert outcome.claim is not None and outcome.claim.generation == 1, outcome.reason
+    refused = registry.claim(name, version, lease_s=60, flow_run="run-b")
+    assert refused.claim is None and "already Running (flow run run-a" in refused.reason
+
+
 def test_versions_to_gate(registry: Registry, bad_model: ModelFile, tmp_path: Path) -> None:
     name = unique()
     data = {"model.pt": bad_model.path.read_bytes()}
