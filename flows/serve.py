@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing
 import os
 import secrets
+import signal
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -238,22 +239,52 @@ def poll_now(runner: Runner, loop: asyncio.AbstractEventLoop) -> Callable[[], No
     return wake
 
 
+async def serve_runners(runners: list[Runner]) -> None:
+    """Run ``runners`` in this loop until they stop; SIGTERM stops them all.
+
+    Each ``Runner.start`` installs its own SIGTERM handler (the last one wins): once every start
+    has begun, one handler that stops each of them replaces theirs.
+    """
+    tasks = [asyncio.create_task(r.start()) for r in runners]
+    await asyncio.sleep(0)  # each start() has run to its first await, past its signal.signal call
+    if threading.current_thread() is threading.main_thread():
+        def stop_all(*args: object) -> None:
+            exits = 0
+            for r in runners:
+                try:
+                    r.handle_sigterm(*args)
+                except SystemExit:  # that one had not started (or was stopping already)
+                    exits += 1
+            if exits == len(runners):
+                raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop_all)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*tasks)
+
+
 async def _run_deployments(settings: Settings, on_ready: Callable[[], None] | None,
                            receiver: Receiver | None = None) -> None:
-    runner = Runner(name="mdgate-serve", query_seconds=settings.poll_s, limit=settings.max_gates + 1)
+    # Two runners, so that ``max_gates`` bounds the gates alone: a runner's limit counts every
+    # flow run it starts, and a sweep (seconds, every ``sweep_interval_s``) must neither take a
+    # gate's place nor let a second gate in while it is not running.
+    gates = Runner(name="mdgate-serve-gates", query_seconds=settings.poll_s, limit=settings.max_gates)
+    # A scheduled sweep and one asked for (``mdgate sweep``) may overlap: claims make that safe.
+    sweeps = Runner(name="mdgate-serve-sweep", query_seconds=settings.poll_s, limit=2)
     gate, sweep = await build_deployments(settings)
     if enable_warm_starts():
         # The flow itself, not only its deployment: the runner then starts its runs with
         # ``run_flow_in_subprocess`` instead of ``python -m prefect.engine``.
-        await runner.aadd_flow(gate_model_version, name=DEPLOYMENT, tags=gate.tags, description=gate.description,
-                               entrypoint_type=EntrypointType.MODULE_PATH)
+        await gates.aadd_flow(gate_model_version, name=DEPLOYMENT, tags=gate.tags, description=gate.description,
+                              entrypoint_type=EntrypointType.MODULE_PATH)
         logger.info("gate runs start as forks of a process that has imported %s", ", ".join(WARM_MODULES))
     else:
-        await runner.aadd_deployment(gate)
-    await runner.aadd_deployment(sweep)
+        await gates.aadd_deployment(gate)
+    await sweeps.aadd_deployment(sweep)
     if receiver is not None:
-        receiver.on_flow_run = poll_now(runner, asyncio.get_running_loop())
+        receiver.on_flow_run = poll_now(gates, asyncio.get_running_loop())
+    logger.info("at most %d gate(s) at a time; the sweep every %g s beside them", settings.max_gates,
+                settings.sweep_interval_s)
     if on_ready:
         on_ready()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner.start()
+    await serve_runners([gates, sweeps])

@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     dask_md_threads: Annotated[int, Field(ge=1)] = 1
     """Torch CPU threads of an MD task on a Dask worker (give workers one thread per task)."""
     max_gates: Annotated[int, Field(ge=1)] = 1
-    """Gates one ``mdgate serve`` process runs at the same time."""
+    """Gates one ``mdgate serve`` process runs at the same time (the registry sweep runs beside
+    them and takes no gate's place). On a machine of a few cores one gate at a time already uses
+    them all: its MD runs in ``md_parallel`` worker processes."""
     poll_s: Annotated[float, Field(gt=0)] = 2.0
     """How often ``mdgate serve`` polls Prefect for gate runs to start (a run its webhook created
     starts at once; the poll starts the others: sweeps, ``mdgate gate``, retries)."""

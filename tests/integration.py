@@ -314,6 +314,18 @@ def flow_runs_named(run_name: str) -> list[Any]:
     return sorted(runs, key=lambda r: r.created)
 
 
+def final_flow_runs(run_name: str, timeout_s: float = 60.0) -> list[Any]:
+    """Flow runs with this name, oldest first, once each is in a final state: a gate publishes its
+    status to MLflow a moment before its flow run ends (after ``timeout_s``: as they are).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = flow_runs_named(run_name)
+        if (runs and all(r.state is not None and r.state.is_final() for r in runs)) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
+
+
 def record_timing(key: str, seconds: float) -> None:
     """Keep a measured number in out/integration_timings.json (for the README and reports)."""
     TIMINGS.parent.mkdir(exist_ok=True)

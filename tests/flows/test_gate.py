@@ -35,6 +35,7 @@ from tests.integration import (
     ModelFile,
     Served,
     Stack,
+    final_flow_runs,
     flow_runs_named,
     record_timing,
     wait_for_status,
@@ -174,7 +175,7 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
     )
 
     for info in (gated.good, gated.bad):
-        runs = flow_runs_named(f"gate/{gated.name}/v{info.version}")
+        runs = final_flow_runs(f"gate/{gated.name}/v{info.version}")
         assert [r.state.name for r in runs] == [info.status.value]
         assert str(runs[0].id) == info.flow_run
     [flow_run] = flow_runs_named(f"gate/{gated.name}/v{gated.good.version}")
@@ -219,7 +220,7 @@ def test_bad_artifacts_end_as_error_and_leave_other_versions(gated: Gated, regis
         assert info.status == Status.ERROR, (case, info.reason)
         assert expected[case] in info.reason and "\n" not in info.reason
         assert info.report and info.validation_run  # an Error still has its report
-        [run] = flow_runs_named(f"gate/{gated.name}/v{version}")
+        [run] = final_flow_runs(f"gate/{gated.name}/v{version}")
         assert run.state.name == "Error" and run.state.is_failed()
     after = {v.version: v for v in registry.list_versions(gated.name)}
     for version, info in before.items():
@@ -294,7 +295,7 @@ def test_sweep_gates_missed_versions_and_expired_leases_once(served: Served, reg
     for version in (missed, crashed):
         info, _ = wait_for_status(registry, name, version)
         assert info.status == Status.REJECTED, info.reason
-        runs = flow_runs_named(f"gate/{name}/v{version}")
+        runs = final_flow_runs(f"gate/{name}/v{version}")
         assert [r.state.name for r in runs] == ["Rejected"], [r.state.name for r in runs]
     assert registry.get_version(name, crashed).claim == 2
     assert registry.get_version(name, missed).claim == 1
@@ -334,3 +335,37 @@ def gated_model_file(tmp_path: Path) -> Path:
     path = tmp_path / "m.pt"
     torch.save(build_painn(8, 1), path)
     return path
+
+
+def peak_overlap(spans: list[tuple[Any, Any]]) -> int:
+    """The largest number of ``(start, end)`` spans that overlap at one instant."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    peak = now = 0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def test_peak_overlap() -> None:
+    assert peak_overlap([(0, 2), (1, 3), (2.5, 4)]) == 2
+    assert peak_overlap([(0, 1), (1, 2)]) == 1  # one ends as the next starts
+    assert peak_overlap([(0, 5), (1, 4), (2, 3)]) == 3
+
+
+def test_serve_runs_at_most_max_gates_at_once(served: Served, registry: Registry, stack: Stack,
+                                              bad_model: ModelFile) -> None:
+    # A burst of three versions on a serve of MDGATE_MAX_GATES=2: two gates side by side, never
+    # three (the sweep's runs do not lend the gates a place).
+    max_gates = int(stack.env["MDGATE_MAX_GATES"])
+    name = f"{GATED_PREFIX}burst-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    versions = [plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
+                for _ in range(max_gates + 1)]
+    done = wait_for_statuses(registry, name, dict.fromkeys(versions, t0))
+    assert all(done[v][0].status == Status.REJECTED for v in versions), [done[v][0].reason for v in versions]
+    spans = []
+    for v in versions:
+        [run] = final_flow_runs(f"gate/{name}/v{v}")
+        spans.append((run.start_time, run.end_time))
+    assert peak_overlap(spans) == max_gates, spans
