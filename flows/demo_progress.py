@@ -24,6 +24,8 @@ from flows.gate import slug
 #: Prefect's default task run name is the task's name plus ``-`` and a short hex key.
 _SUFFIX = re.compile(r"-([0-9a-f]{3}|\d+)$")
 _MOLECULES = re.compile(r"over (\d+) molecules")
+#: Flow run states of a gate that waits for a place (``MDGATE_MAX_GATES`` gates run at a time).
+QUEUED_STATES = frozenset({"Scheduled", "Late", "AwaitingConcurrencySlot"})
 
 
 @dataclass
@@ -116,6 +118,9 @@ def progress_line(label: str, status: str, view: GateView | None, steps_per_mole
         steps_per_molecule: MD steps asked per molecule (the longer of NVE and stress), to turn
             the artifact's percentage into steps.
     """
+    if view is not None and not view.stage and view.state in QUEUED_STATES:
+        # claimed by its trigger (the registry says Running), waiting for a gate's place
+        return f"{label:<24} {'Queued':<9}"
     parts = [f"{label:<24} {status:<9}"]
     if view is not None:
         if view.stage:

@@ -137,6 +137,12 @@ def test_progress_line_from_task_runs_and_the_progress_artifact() -> None:
     line = progress_line("v3 student_5x", "Running", view, steps_per_molecule=4000)
     assert "md" in line and "molecules 1/10" in line and "MD  43% (17,200/40,000 steps)" in line
     assert line.endswith("2:31") and len(line) <= 100
+    # a run waiting for a gate's place: Queued, although its trigger has claimed the version
+    for state in ("Scheduled", "Late"):
+        line = progress_line("v5 student_5x_direct", "Running", GateView(state=state), steps_per_molecule=4000)
+        assert line.split() == ["v5", "student_5x_direct", "Queued"]
+    line = progress_line("v5 student_5x_direct", "Running", GateView(state="Pending"), steps_per_molecule=4000)
+    assert line.split() == ["v5", "student_5x_direct", "Running", "Pending"]
 
 
 def test_board_redraws_in_place_on_a_terminal_and_appends_changes_otherwise() -> None:
