@@ -45,6 +45,9 @@ from tests.models import build_painn
 
 pytestmark = pytest.mark.integration
 VERDICT_STATES = {"Approved", "Rejected", "Error"}
+#: How long MLflow waits for the receiver's answer to a delivery (``MLFLOW_WEBHOOK_REQUEST_TIMEOUT``):
+#: a trigger creates a Prefect run and claims the version, seconds on a loaded two-core machine.
+WEBHOOK_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -246,14 +249,15 @@ def test_webhook_rejects_forged_and_gates_once(served: Served, registry: Registr
     missing = {k: v for k, v in signed("d-missing").items() if k != "X-MLflow-Signature"}
     stale = signed("d-stale", at=time.time() - 3600)
     for headers, status in ((forged, 403), (missing, 401), (stale, 403)):
-        assert httpx.post(served.webhook_url, content=body, headers=headers).status_code == status
+        answer = httpx.post(served.webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S)
+        assert answer.status_code == status
     time.sleep(3)
     assert flow_runs_named(f"gate/{name}/v{version}") == []
     assert registry.get_version(name, version).status is None
     # the same event delivered twice (MLflow retry: same delivery id; a second webhook: new id)
-    first = httpx.post(served.webhook_url, content=body, headers=signed("d-1"))
-    retry = httpx.post(served.webhook_url, content=body, headers=signed("d-1"))
-    other = httpx.post(served.webhook_url, content=body, headers=signed("d-2"))
+    first = httpx.post(served.webhook_url, content=body, headers=signed("d-1"), timeout=WEBHOOK_TIMEOUT_S)
+    retry = httpx.post(served.webhook_url, content=body, headers=signed("d-1"), timeout=WEBHOOK_TIMEOUT_S)
+    other = httpx.post(served.webhook_url, content=body, headers=signed("d-2"), timeout=WEBHOOK_TIMEOUT_S)
     assert first.status_code == 202 and retry.json()["status"] == "duplicate"
     assert other.status_code == 202 and other.json()["flow_run"] == first.json()["flow_run"]
     info, _ = wait_for_status(registry, name, version)
