@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 from mdgate.config import GateConfig  # noqa: E402
-from mdgate.md import maxwell_boltzmann, replica_seed, run_nve  # noqa: E402
+from mdgate.md.batch import maxwell_boltzmann, replica_seed, run_nve  # noqa: E402
+from mdgate.md.neighbors import all_pairs  # noqa: E402
 from mdgate.molecules import Molecule, read_molecules  # noqa: E402
-from mdgate.neighbors import all_pairs  # noqa: E402
 from mdgate.potentials import ModelMeta  # noqa: E402
 from mdgate.potentials.schnetpack import load_potential  # noqa: E402
 
@@ -209,7 +209,7 @@ import torch; torch.set_num_threads(int(sys.argv[2]))
 sys.path.insert(0, {root!r})
 from mdgate.molecules import read_molecules
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.md import run_nve
+from mdgate.md.batch import run_nve
 mol = [m for m in read_molecules() if m.name == sys.argv[3]]
 pot = load_potential(sys.argv[1], device='cpu')
 run_nve(pot, mol, n_replicas=2, n_steps=3, timestep_fs=0.5, temperature_K=300, neighbor_skin_A=0.0)

@@ -23,7 +23,7 @@ from flows.gate import REGISTRY_TASK, fetch_candidate, registry_for, run_measure
 from flows.settings import ChampionRule, Settings
 from mdgate.config import GateConfig
 from mdgate.errors import MdgateError
-from mdgate.report_champion import REMEASURED, STORED, BaselineComparison, Comparison
+from mdgate.report.champion import REMEASURED, STORED, BaselineComparison, Comparison
 from mdgate.results import CheckResult, FailedCheck, ValidationResult, Verdict
 from registry.errors import LeaseLostError, TransientRegistryError
 from registry.types import Claim, VersionInfo

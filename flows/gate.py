@@ -222,7 +222,7 @@ def write_report(result: ValidationResult, out_dir: Path, baseline: Any = None) 
     """report.md, report.html, results.json and plots (``mdgate.report.write_report``), with the
     comparison with the baseline when one was made.
     """
-    from mdgate.report import write_report as write
+    from mdgate.report.markdown import write_report as write
 
     write(result, out_dir, baseline)
     return out_dir

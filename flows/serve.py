@@ -173,7 +173,8 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
 
 #: What a gate's process imports before its first task: imported once, by the fork server.
 WARM_MODULES = ["flows.gate", "flows.champion", "flows.review", "flows.notify", "registry.artifacts",
-                "mdgate.runner", "mdgate.report", "mdgate.sanity", "mdgate.oracle", "mdgate.potentials.schnetpack",
+                "mdgate.runner", "mdgate.report.markdown", "mdgate.stages.sanity", "mdgate.stages.oracle",
+                "mdgate.potentials.schnetpack",
                 "schnetpack", "torch", "mlflow", "matplotlib.pyplot"]
 
 

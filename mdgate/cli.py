@@ -84,7 +84,7 @@ def validate(
     """
     from mdgate.config import load_config, parse_config
     from mdgate.potentials import ModelMeta
-    from mdgate.report import write_report
+    from mdgate.report.markdown import write_report
     from mdgate.results import Verdict
     from mdgate.runner import error_result
     from mdgate.runner import validate as run_validate
@@ -177,7 +177,7 @@ def _training_run_meta(model: Path, meta_data: dict, sources: dict[str, str]) ->
     """For a schnetpack training run folder: its ``best_model`` and the metadata of its
     ``config.yaml`` merged with ``meta_data`` (a contradiction is an error); else unchanged.
     """
-    from mdgate.rundir import is_training_run, merge_meta, read_training_run
+    from mdgate.potentials.rundir import is_training_run, merge_meta, read_training_run
 
     if not is_training_run(model):
         return model, meta_data

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from mdgate.checkspec import CHECKS, DEFAULTS, Stage
+from mdgate.checks.table import CHECKS, DEFAULTS, Stage
 from mdgate.errors import ConfigError
 
 
@@ -92,7 +92,7 @@ class Bound(_Strict):
 
 def _criteria_model(name: str, stage: Stage, *others: Stage, doc: str, stability: bool = False) -> type[BaseModel]:
     """A strict criteria model whose fields are the table's checks of ``stage`` (and ``others``),
-    with the table's default bounds (``mdgate.checkspec.DEFAULTS``).
+    with the table's default bounds (``mdgate.checks.table.DEFAULTS``).
     """
     fields: dict[str, Any] = {}
     if stability:

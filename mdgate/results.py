@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -238,3 +239,58 @@ class ValidationResult(BaseModel):
     """The comparison with the champion or parent, when the gate made one (``None``: not asked)."""
     created_at: str = ""
     mdgate_version: str = ""
+
+
+class PlacedCheck(BaseModel):
+    """A check of a result with where it was measured."""
+
+    stage: str
+    molecule: str | None
+    """The molecule, or ``None`` for a check over the whole stage (its worst value, or a set-wide figure)."""
+    check: CheckResult
+
+    @property
+    def where(self) -> str:
+        """``<stage>/<molecule>`` or ``<stage>``."""
+        return f"{self.stage}/{self.molecule}" if self.molecule is not None else self.stage
+
+
+#: The protocol order in which a result's checks are walked (the first failure decides).
+PROTOCOL_ORDER = ("sanity", "nve", "accuracy", "stress", "oracle")
+
+
+def _stage_molecules(result: ValidationResult, name: str) -> list[tuple[str, list[CheckResult]]]:
+    stage = result.stages.get(name)
+    if name == "nve":
+        return [(m.name, m.checks) for m in result.molecules]
+    if stage is None:
+        return []
+    if stage.molecules:
+        return [(m.name, m.checks) for m in stage.molecules]
+    return list(stage.molecule_checks.items())
+
+
+def iter_checks(result: ValidationResult, *, per_molecule: bool = True,
+                per_stage: bool = False) -> Iterator[PlacedCheck]:
+    """Every check of ``result`` with its place, stage by stage in protocol order.
+
+    Args:
+        result: the validation result.
+        per_molecule: yield each molecule's checks; a stage measured over the whole set
+            (accuracy, oracle) yields its own checks in their place.
+        per_stage: also yield each stage's worst-over-molecules checks (``molecule`` ``None``).
+    """
+    names = [*PROTOCOL_ORDER, *(s for s in result.stages if s not in PROTOCOL_ORDER)]
+    for name in names:
+        stage = result.stages.get(name)
+        mols = _stage_molecules(result, name)
+        if per_molecule:
+            for mol, checks in mols:
+                for c in checks:
+                    yield PlacedCheck(stage=name, molecule=mol, check=c)
+        stage_checks: list[CheckResult] = list(stage.checks) if stage is not None else []
+        if name == "accuracy" and result.accuracy is not None:
+            stage_checks = list(result.accuracy.checks)
+        if per_stage or (per_molecule and not mols):
+            for c in stage_checks:
+                yield PlacedCheck(stage=name, molecule=None, check=c)

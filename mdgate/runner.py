@@ -21,17 +21,17 @@ import numpy as np
 import torch
 
 from mdgate import __version__
-from mdgate.checks import evaluate_accuracy, evaluate_trajectory, summarize_molecule
-from mdgate.checkspec import Stage
+from mdgate.checks.evaluate import evaluate_accuracy, evaluate_trajectory, summarize_molecule
+from mdgate.checks.table import Stage
+from mdgate.checks.verdict import decide, failed_checks, md_stage_result, stage_result
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
-from mdgate.md import Ramp, StopLimits, Trajectory, nve_specs, run_batch, stress_specs
+from mdgate.md.batch import Ramp, StopLimits, Trajectory, nve_specs, run_batch, stress_specs
+from mdgate.md.neighbors import all_pairs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
-from mdgate.neighbors import all_pairs
-from mdgate.oracle import Frame, evaluate_oracle, make_oracle, pick_frames
 from mdgate.potentials import ModelMeta
+from mdgate.potentials.predict import predict_atoms
 from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
-from mdgate.predict import predict_atoms
 from mdgate.results import (
     AccuracyResult,
     ModelInfo,
@@ -41,7 +41,7 @@ from mdgate.results import (
     ValidationResult,
     Verdict,
 )
-from mdgate.verdict import decide, failed_checks, md_stage_result, stage_result
+from mdgate.stages.oracle import Frame, evaluate_oracle, make_oracle, pick_frames
 
 ProgressFn = Callable[[str, int, int, bool], None]
 """``progress(molecule, step, n_steps, running)``."""
@@ -81,7 +81,7 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
         check_reference_matches(molecules, reference)
     potential = load_potential(model, meta, device or config.md.device.value)
     check_potential(potential, molecules)
-    from mdgate.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
+    from mdgate.potentials.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
     check_force_units(potential, molecules, reference, potential.meta.energy_unit)
     return Inputs(potential, molecules, reference)
 
@@ -115,7 +115,7 @@ def md_limits(config: GateConfig, stage: Stage = Stage.NVE) -> StopLimits:
     Every check the table marks ``stops_md`` stops a trajectory at its bound; the NVE energy
     deviation at ``fail_fast_margin`` × its bound.
     """
-    from mdgate.checkspec import CHECKS
+    from mdgate.checks.table import CHECKS
 
     md = config.md
     criteria = config.criteria if stage == Stage.NVE else config.stress.criteria
@@ -269,8 +269,8 @@ def run_accuracy(potential: SchnetpackPotential, reference: ReferenceSet, config
 
 
 def run_sanity_stage(potential: SchnetpackPotential, molecules: list[Molecule], config: GateConfig) -> StageResult:
-    """The sanity stage (``mdgate.sanity``) as a stage result."""
-    from mdgate.sanity import run_sanity
+    """The sanity stage (``mdgate.stages.sanity``) as a stage result."""
+    from mdgate.stages.sanity import run_sanity
 
     st = config.sanity
     t0 = time.perf_counter()
@@ -284,7 +284,7 @@ def run_oracle_stage(potential: SchnetpackPotential, frames: list[Frame], config
                      model_level: str | None, parent: SchnetpackPotential | None = None,
                      parent_level: str | None = None) -> StageResult:
     """On-trajectory accuracy: the oracle's forces on frames of the candidate's own MD."""
-    from mdgate.checks import check, enabled
+    from mdgate.checks.evaluate import check, enabled
 
     st = config.oracle
     t0 = time.perf_counter()
@@ -443,7 +443,7 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     Raises:
         MdgateError: bad input (the caller turns it into an Error verdict or exit code 2).
     """
-    from mdgate.report import write_report
+    from mdgate.report.markdown import write_report
 
     meta = meta or ModelMeta()
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ LENGTH_TO_ANGSTROM: dict[str, float] = {
 
 
 #: Units a model's output is commonly in, as (name, energy unit, length unit): the candidates the
-#: unit check (:mod:`mdgate.unitcheck`) compares measured force scales with. One entry per
+#: unit check (:mod:`mdgate.potentials.unitcheck`) compares measured force scales with. One entry per
 #: distinct force unit (aliases such as ``Ha`` are left out).
 FORCE_UNIT_CANDIDATES: tuple[tuple[str, str, str], ...] = (
     ("eV", "eV", "Angstrom"),

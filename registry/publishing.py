@@ -135,7 +135,7 @@ class PublishingMixin(ClaimsMixin):
             run = self.client.create_run(
                 experiment_id, run_name=f"gate/{claim.name}/v{claim.version}",
                 tags={"mdgate.model": claim.name, "mdgate.version": claim.version,
-                      "mdgate.verdict": result.verdict.value, "mdgate.claim": str(claim.generation),
+                      "mdgate.checks.verdict": result.verdict.value, "mdgate.claim": str(claim.generation),
                       "mdgate.flow_run": claim.flow_run or "", T.CRITERIA_SHA256: criteria_sha256,
                       "mlflow.note.content": result.reason},
             )

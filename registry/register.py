@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from mdgate.errors import MetadataError, UnitMismatchError
 from mdgate.potentials import ModelMeta
+from mdgate.potentials.rundir import is_training_run, merge_meta, read_training_run
 from mdgate.potentials.schnetpack import SchnetpackPotential, count_parameters, find_cutoff_A, load_module
 from mdgate.potentials.spec import SPEC_FILE, WEIGHTS_FILE, is_state_dict_model
-from mdgate.rundir import is_training_run, merge_meta, read_training_run
-from mdgate.unitcheck import UnitDiagnosis
+from mdgate.potentials.unitcheck import UnitDiagnosis
 from registry import types as T
 from registry.artifacts import file_sha256
 from registry.client import Registry, iso, to_info, translate_errors
@@ -76,7 +76,7 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
         registry: the registry.
         model_path: a schnetpack training run folder (``best_model`` + ``config.yaml``: units,
             keys and cutoff come from the config, which is logged as ``training/config.yaml`` of
-            the registration run; see :mod:`mdgate.rundir`), a ``torch.save(model)`` file (e.g.
+            the registration run; see :mod:`mdgate.potentials.rundir`), a ``torch.save(model)`` file (e.g.
             schnetpack ``best_model``), or a folder in the state-dict format (``architecture.json``
             + ``state_dict.pt``, loaded with ``weights_only=True``; see
             :mod:`mdgate.potentials.spec`), logged as it is.
@@ -164,7 +164,7 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
 
 
 def verify_units(model_path: Path, meta: ModelMeta, reference: str | Path | None = None) -> UnitDiagnosis | None:
-    """Run the unit check of ``mdgate validate`` (:func:`mdgate.unitcheck.check_force_units`) on a
+    """Run the unit check of ``mdgate validate`` (:func:`mdgate.potentials.unitcheck.check_force_units`) on a
     fresh copy of the model, against ``reference`` (default: the packaged set) on the frames of
     the elements the model handles, or the plausibility check on the packaged molecules.
 
@@ -176,7 +176,7 @@ def verify_units(model_path: Path, meta: ModelMeta, reference: str | Path | None
         UnitMismatchError: the forces are a known unit ratio off the reference.
     """
     from mdgate.molecules import read_molecules, read_reference
-    from mdgate.unitcheck import check_force_units
+    from mdgate.potentials.unitcheck import check_force_units
 
     try:
         potential = SchnetpackPotential(load_module(model_path), meta, "cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mdgate.report import fmt
+from mdgate.report.markdown import fmt
 from mdgate.results import ValidationResult
 from registry import types as T
 from registry.types import DESCRIPTION_MARKER

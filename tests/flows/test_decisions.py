@@ -13,8 +13,8 @@ from markdown_it import MarkdownIt
 from flows.champion import compare, judge
 from flows.review import borderline_checks, review_reason
 from flows.settings import ChampionRule, load_settings
-from mdgate.report import write_report
-from mdgate.report_champion import REMEASURED, STORED
+from mdgate.report.champion import REMEASURED, STORED
+from mdgate.report.markdown import write_report
 from mdgate.results import (
     AccuracyResult,
     CheckResult,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mdgate import checks
+from mdgate.checks import evaluate as checks
 from mdgate.config import Bound, Criteria
-from mdgate.md import Failure, Trajectory
+from mdgate.md.batch import Failure, Trajectory
 from mdgate.results import Verdict
 from mdgate.runner import decide
 

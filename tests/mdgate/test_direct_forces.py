@@ -18,9 +18,9 @@ from mdgate.config import SanitySettings
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.direct import DirectForces
+from mdgate.potentials.predict import predict
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.predict import predict
-from mdgate.sanity import measure_molecule, run_sanity
+from mdgate.stages.sanity import measure_molecule, run_sanity
 from tests.models import CUTOFF_A, N_RBF
 
 MODELS = Path(__file__).resolve().parents[2] / "examples" / "models"

@@ -10,8 +10,8 @@ import schnetpack as spk
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
-from mdgate.checks import drift_slope_meV_per_atom_per_ps
-from mdgate.md import maxwell_boltzmann, replica_seed, run_nve
+from mdgate.checks.evaluate import drift_slope_meV_per_atom_per_ps
+from mdgate.md.batch import maxwell_boltzmann, replica_seed, run_nve
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from tests.conftest import GOOD_MODEL

@@ -10,9 +10,9 @@ from ase.calculators.morse import MorsePotential
 from ase.md.verlet import VelocityVerlet
 
 from mdgate import units
-from mdgate.checks import evaluate_trajectory
+from mdgate.checks.evaluate import evaluate_trajectory
 from mdgate.config import GateConfig
-from mdgate.md import StopLimits, Trajectory, degrees_of_freedom, maxwell_boltzmann, replica_seed, run_nve
+from mdgate.md.batch import StopLimits, Trajectory, degrees_of_freedom, maxwell_boltzmann, replica_seed, run_nve
 from mdgate.molecules import Molecule
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import md_limits, run_md, split_lanes

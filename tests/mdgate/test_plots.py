@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mdgate import plots
-from mdgate.checkspec import Stage
+from mdgate.checks.table import Stage
+from mdgate.checks.verdict import md_stage_result
 from mdgate.config import GateConfig
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
-from mdgate.report import write_report
+from mdgate.report import plots
+from mdgate.report.markdown import write_report
 from mdgate.results import Timing
 from mdgate.runner import assemble, model_info, run_md
-from mdgate.verdict import md_stage_result
 from tests.models import MorsePairPotential, quick, tetrahedron
 
 pytestmark = pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),

@@ -12,8 +12,8 @@ import torch
 from ase import units as ase_units
 
 from mdgate.errors import MetadataError, ModelInterfaceError
+from mdgate.md.neighbors import NeighborList, all_pairs
 from mdgate.molecules import Molecule
-from mdgate.neighbors import NeighborList, all_pairs
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
 from tests.models import NonConservativeModel, build_painn

@@ -14,7 +14,7 @@ from markdown_it import MarkdownIt
 from mdgate.config import GateConfig, parse_config
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
-from mdgate.report import write_report
+from mdgate.report.markdown import write_report
 from mdgate.results import Timing, Verdict
 from mdgate.runner import assemble, error_result, model_info, run_md, validate
 from tests.models import QUICK_STAGES, MorsePairPotential, quick, tetrahedron

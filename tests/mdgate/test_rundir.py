@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from mdgate.cli import app
 from mdgate.config import GateConfig
 from mdgate.errors import MetadataError
-from mdgate.rundir import is_training_run, merge_meta, read_training_run
+from mdgate.potentials.rundir import is_training_run, merge_meta, read_training_run
 
 SPK_RUN = Path(__file__).resolve().parents[1] / "data" / "spk_run_kcal"
 #: What the run's config.yaml declares, as ModelMeta fields.

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mdgate.checks import (
+from mdgate.checks.evaluate import (
     drift_slope_meV_per_atom_per_ps,
     drift_slope_stderr_meV_per_atom_per_ps,
     evaluate_trajectory,
 )
 from mdgate.config import Criteria, GateConfig
-from mdgate.md import Trajectory
+from mdgate.md.batch import Trajectory
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import compile_step, run_md

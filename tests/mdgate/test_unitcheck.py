@@ -17,7 +17,7 @@ from mdgate.errors import MetadataError, UnitMismatchError
 from mdgate.molecules import Molecule, ReferenceSet
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import SchnetpackPotential, load_module
-from mdgate.unitcheck import MAX_CURVATURE_EV_PER_A2, check_force_units, diagnose_force_units
+from mdgate.potentials.unitcheck import MAX_CURVATURE_EV_PER_A2, check_force_units, diagnose_force_units
 from tests.mdgate.test_rundir import short_config
 from tests.models import GOOD_MODEL, NaNModel, build_painn
 from tests.unit_models import KCAL_PER_MOL_PER_EV, ScaledModel

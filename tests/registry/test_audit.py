@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from mdgate.config import GateConfig
-from mdgate.report import write_report
+from mdgate.report.markdown import write_report
 from mdgate.results import ModelInfo, Timing, Verdict
 from mdgate.runner import assemble
 from registry import Registry, Status

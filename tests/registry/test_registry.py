@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mdgate.config import GateConfig
 from mdgate.errors import MetadataError, ModelLoadError, MoleculeSetError
 from mdgate.potentials.schnetpack import load_module
-from mdgate.report import write_report
+from mdgate.report.markdown import write_report
 from mdgate.results import ModelInfo, Timing, ValidationResult, Verdict
 from mdgate.runner import assemble, error_result
 from registry import LeaseLostError, Registry, Status, TransientRegistryError, VersionNotFoundError

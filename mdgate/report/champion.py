@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mdgate.plots import PlotJob
-from mdgate.report_stages import fmt
+from mdgate.report.plots import PlotJob
+from mdgate.report.stages import fmt
 from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
 
 #: One compared figure of the candidate and its baseline (the record ``results.json`` keeps).
@@ -131,7 +131,7 @@ def plot_overlay(candidate: MoleculeResult, baseline: MoleculeResult, baseline_t
 def overlay_jobs(result: ValidationResult, section: BaselineComparison,
                  out_dir: Path) -> dict[str, tuple[str, PlotJob]]:
     """One overlaid energy plot per molecule that both results ran, under ``out_dir/plots``
-    (to be drawn by :func:`mdgate.plots.render_all`).
+    (to be drawn by :func:`mdgate.report.plots.render_all`).
 
     Returns:
         ``overlay:<molecule>`` → (the plot's path relative to ``out_dir``, its plot job).

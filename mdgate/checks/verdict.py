@@ -4,8 +4,8 @@ decision with its one-line reason naming the stage and check that decided.
 
 from __future__ import annotations
 
-from mdgate.checks import worst_checks
-from mdgate.checkspec import Stage
+from mdgate.checks.evaluate import worst_checks
+from mdgate.checks.table import Stage
 from mdgate.results import AccuracyResult, CheckResult, FailedCheck, MoleculeResult, StageResult, Verdict
 
 

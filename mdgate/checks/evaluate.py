@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mdgate.checkspec import CHECKS
+from mdgate.checks.table import CHECKS
 from mdgate.config import Bound
-from mdgate.md import Trajectory
+from mdgate.md.batch import Trajectory
 from mdgate.results import AccuracyResult, CheckResult, FailureInfo, MoleculeResult, ReplicaResult
 
 # ---------------------------------------------------------------------------- metric functions

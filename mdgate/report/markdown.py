@@ -9,10 +9,10 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from mdgate.checkspec import CHECKS, Stage
-from mdgate.plots import PlotJob, render_all
-from mdgate.report_champion import REMEASURED, BaselineComparison, champion_section, overlay_jobs
-from mdgate.report_stages import _status, fmt, plot_stress, stage_sections
+from mdgate.checks.table import CHECKS, Stage
+from mdgate.report.champion import REMEASURED, BaselineComparison, champion_section, overlay_jobs
+from mdgate.report.plots import PlotJob, render_all
+from mdgate.report.stages import _status, fmt, plot_stress, stage_sections
 from mdgate.results import CheckResult, MoleculeResult, ValidationResult, Verdict
 
 STATUS_LINE = {
@@ -403,7 +403,7 @@ def write_report(result: ValidationResult, out_dir: Path,
     the baseline itself, its result as ``baseline_results.json``.
 
     The plots are drawn in ``plot_workers`` processes (default: one per core, see
-    :func:`mdgate.plots.render_all`).
+    :func:`mdgate.report.plots.render_all`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}

@@ -23,12 +23,12 @@ from __future__ import annotations
 import numpy as np
 from ase.optimize import BFGS
 
-from mdgate.checks import check, enabled
-from mdgate.checkspec import CHECKS
+from mdgate.checks.evaluate import check, enabled
+from mdgate.checks.table import CHECKS
 from mdgate.config import SanitySettings
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
-from mdgate.predict import PotentialCalculator, predict
+from mdgate.potentials.predict import PotentialCalculator, predict
 from mdgate.results import CheckResult
 
 #: Rattle (Å, standard deviation) of the geometry the invariance and consistency checks use.

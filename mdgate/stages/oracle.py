@@ -19,7 +19,7 @@ from ase import Atoms
 from mdgate.config import OracleKind, OracleSettings
 from mdgate.errors import ConfigError, MdgateError
 from mdgate.potentials import Potential
-from mdgate.predict import predict
+from mdgate.potentials.predict import predict
 
 #: A frame: (stage, molecule, atomic numbers [n], positions [n, 3] Å).
 Frame = tuple[str, str, np.ndarray, np.ndarray]
@@ -102,7 +102,7 @@ def evaluate_oracle(oracle: Oracle, candidate: Potential, frames: list[Frame]) -
     Raises:
         MdgateError: the oracle could not compute a single frame.
     """
-    from mdgate.checks import force_accuracy
+    from mdgate.checks.evaluate import force_accuracy
 
     ref = oracle.forces(frames)
     ok = [k for k, f in enumerate(ref) if f is not None]

@@ -56,8 +56,8 @@ from ase import Atoms
 from pydantic import BaseModel
 
 from mdgate.errors import MdgateError, ModelInterfaceError, UnitMismatchError
+from mdgate.md.neighbors import all_pairs
 from mdgate.molecules import Molecule, ReferenceSet
-from mdgate.neighbors import all_pairs
 from mdgate.potentials import Potential
 from mdgate.units import FORCE_UNIT_CANDIDATES, force_factor, length_factor
 

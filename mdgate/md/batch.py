@@ -1,7 +1,7 @@
 """Batched molecular dynamics: many molecules × replicas (and stages) advance together, one
 model call per step, through one loop (:func:`run_batch`) shared by the NVE stage
 (:func:`run_nve`, velocity Verlet) and the heat-stress stage (:func:`run_stress`, Langevin BAOAB
-with a temperature ramp). Integrators are in :mod:`mdgate.integrators`.
+with a temperature ramp). Integrators are in :mod:`mdgate.md.integrators`.
 
 Every ``record_every`` steps the loop records the observables of each trajectory and applies the
 live failure detectors (non-finite values, force, temperature, temperature jump, bond deviation,
@@ -17,11 +17,18 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from mdgate.checkspec import H_LOSS_DISTANCE_A
-from mdgate.initial import BOND_CUTOFF_MULT, degrees_of_freedom, find_bonds, maxwell_boltzmann, noise_seed, replica_seed  # noqa: F401 (re-exported)
-from mdgate.integrators import Langevin, MDState, NoiseStreams, baoab_step, md_init, verlet_step
+from mdgate.checks.table import H_LOSS_DISTANCE_A
+from mdgate.md.initial import (  # noqa: F401 (re-exported)
+    BOND_CUTOFF_MULT,
+    degrees_of_freedom,
+    find_bonds,
+    maxwell_boltzmann,
+    noise_seed,
+    replica_seed,
+)
+from mdgate.md.integrators import Langevin, MDState, NoiseStreams, baoab_step, md_init, verlet_step
+from mdgate.md.neighbors import NeighborList
 from mdgate.molecules import Molecule
-from mdgate.neighbors import NeighborList
 from mdgate.potentials import Potential
 from mdgate.units import FS, KB_EV_PER_K
 
@@ -31,7 +38,7 @@ class StopLimits:
     """Bounds at which a trajectory is stopped early (``None`` = not checked live).
 
     Non-finite energies, forces or positions always stop a trajectory. Field names are check
-    names of :mod:`mdgate.checkspec`; ``min_distance_A`` is a lower bound, the others upper bounds.
+    names of :mod:`mdgate.checks.table`; ``min_distance_A`` is a lower bound, the others upper bounds.
     """
 
     max_force_eV_per_A: float | None = None

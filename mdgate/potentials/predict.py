@@ -9,7 +9,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mdgate.neighbors import all_pairs
+from mdgate.md.neighbors import all_pairs
 from mdgate.potentials import Potential
 
 

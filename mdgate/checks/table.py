@@ -1,8 +1,8 @@
 """The one table of checks: what each measures, its unit, direction, default bound per stage,
 whether MD stops on it, and how the report and the registry summary show it.
 
-Config (``mdgate.config``), the MD stop limits (``mdgate.md``), the evaluation (``mdgate.checks``),
-the report (``mdgate.report``) and the registry summary all read this table; a new check is one
+Config (``mdgate.config``), the MD stop limits (``mdgate.md.batch``), the evaluation (``mdgate.checks.evaluate``),
+the report (``mdgate.report.markdown``) and the registry summary all read this table; a new check is one
 row here plus the function that measures it.
 """
 

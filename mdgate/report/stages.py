@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mdgate.checkspec import CHECKS, STAGE_TITLE, Stage
+from mdgate.checks.table import CHECKS, STAGE_TITLE, Stage
 from mdgate.results import CheckResult, MoleculeResult, StageResult, ValidationResult
 
 

@@ -1,0 +1,1 @@
+"""Molecular dynamics: batched state, integrators, neighbour lists, initial conditions, the batch runner."""

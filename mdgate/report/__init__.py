@@ -1,0 +1,1 @@
+"""The report: Markdown, per-stage sections, champion comparison, plots."""
