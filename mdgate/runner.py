@@ -22,7 +22,7 @@ import torch
 
 from mdgate import __version__
 from mdgate.checks.evaluate import evaluate_accuracy, evaluate_trajectory, summarize_molecule
-from mdgate.checks.table import Stage
+from mdgate.checks.table import Stage, live_checks
 from mdgate.checks.verdict import decide, failed_checks, md_stage_result, stage_result
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
@@ -115,17 +115,15 @@ def md_limits(config: GateConfig, stage: Stage = Stage.NVE) -> StopLimits:
     Every check the table marks ``stops_md`` stops a trajectory at its bound; the NVE energy
     deviation at ``fail_fast_margin`` × its bound.
     """
-    from mdgate.checks.table import CHECKS
-
     md = config.md
     criteria = config.criteria if stage == Stage.NVE else config.stress.criteria
     required = True if stage == Stage.NVE else config.stress.required
     if not md.fail_fast or not required:
         return StopLimits()
     limits: dict[str, float] = {}
-    for name in StopLimits.__dataclass_fields__:
+    for name in live_checks():
         b = getattr(criteria, name, None)
-        if b is not None and CHECKS[name].stops_md and b.enabled and b.required and b.bound is not None:
+        if b is not None and b.enabled and b.required and b.bound is not None:
             limits[name] = b.bound * (md.fail_fast_margin if name == "max_energy_deviation_meV_per_atom" else 1.0)
     return StopLimits(**limits)
 

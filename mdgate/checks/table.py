@@ -41,9 +41,13 @@ class CheckSpec:
         unit: unit of the measured value, as printed.
         label: short label in report tables.
         meaning: what a failure means (report's analysis section).
-        lower: the value must be ``>=`` the bound (else ``<=``).
-        stops_md: checked live every record step; crossing a required bound stops the trajectory.
-        column: column header in the registry summary table (``None``: report only).
+        lower: the value must be ``>=`` the bound (else ``<=``); a live check's worst value over
+            a run is then its minimum (else its maximum).
+        stops_md: observed live every record step by an MD observer, recorded as a series and
+            reduced over the run; crossing a required bound stops the trajectory.
+        column: column header in the summary tables (``None``: report only).
+        tag: registry tag (``mdgate.<tag>``) holding the worst value over the molecules
+            (``None``: no tag).
     """
 
     name: str
@@ -53,6 +57,12 @@ class CheckSpec:
     lower: bool = False
     stops_md: bool = False
     column: str | None = None
+    tag: str | None = None
+
+    @property
+    def reduction(self) -> str:
+        """How a run's records reduce to one value: ``min`` for a lower bound, else ``max``."""
+        return "min" if self.lower else "max"
 
     @property
     def comparison(self) -> str:
@@ -91,7 +101,7 @@ _SPECS = [
     # ---- energy conservation (NVE stage)
     CheckSpec("drift_slope_meV_per_atom_per_ps", "meV/atom/ps", "Energy drift slope",
               "total energy drifts systematically: forces are not the gradient of the energy, or are too "
-              "rough for the time step", column="drift slope (meV/atom/ps)"),
+              "rough for the time step", column="drift slope (meV/atom/ps)", tag="worst_drift_meV_per_atom_per_ps"),
     CheckSpec("max_energy_deviation_meV_per_atom", "meV/atom", "Max energy deviation",
               "total energy departs from its initial value by more than the bound: energy is not conserved",
               stops_md=True, column="max |E-E0| (meV/atom)"),
@@ -184,6 +194,30 @@ DEFAULTS: dict[Stage, dict[str, tuple[float | None, bool]]] = {
 H_LOSS_DISTANCE_A = 2.5
 
 
+def live_checks() -> list[str]:
+    """The checks MD observes every record step and may stop on, in table order (the first one
+    crossed names a trajectory's failure).
+    """
+    return [s.name for s in _SPECS if s.stops_md]
+
+
+def add_check(new: CheckSpec, defaults: dict[Stage, tuple[float | None, bool]]) -> None:
+    """Add a row to the table, with its default (bound, required) per stage.
+
+    Config models are built from the table when :mod:`mdgate.config` is first imported: add
+    checks before that (a plugin module imported first).
+
+    Raises:
+        ValueError: a check of that name exists.
+    """
+    if new.name in CHECKS:
+        raise ValueError(f"check {new.name!r} exists already")
+    _SPECS.append(new)
+    CHECKS[new.name] = new
+    for stage, default in defaults.items():
+        DEFAULTS[stage][new.name] = default
+
+
 def spec(name: str) -> CheckSpec:
     """The specification of check ``name``.
 
@@ -197,5 +231,10 @@ def spec(name: str) -> CheckSpec:
 
 
 def summary_columns() -> list[tuple[str, str]]:
-    """(column header, check name) of the registry summary table, in table order."""
-    return [(s.column, s.name) for s in _SPECS if s.column and s.name != "min_force_r2"]
+    """(column header, check name) of the per-molecule summary tables, in table order."""
+    return [(s.column, s.name) for s in _SPECS if s.column]
+
+
+def tagged_checks() -> list[CheckSpec]:
+    """The checks whose worst value is a registry tag."""
+    return [s for s in _SPECS if s.tag]

@@ -5,19 +5,20 @@ with a temperature ramp). Integrators are in :mod:`mdgate.md.integrators`.
 
 Every ``record_every`` steps the loop records the observables of each trajectory and applies the
 live failure detectors (non-finite values, force, temperature, temperature jump, bond deviation,
-closest approach, lost H atoms, energy deviation); a trajectory that fails is stopped with the
+closest approach, lost H atoms, energy deviation: the table's live checks, measured by
+:mod:`mdgate.md.observers`); a trajectory that fails is stopped with the
 step, time and temperature of the failure, the others go on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mdgate.checks.table import H_LOSS_DISTANCE_A
+from mdgate.checks.table import CHECKS, live_checks
 from mdgate.md.initial import (  # noqa: F401 (re-exported)
     BOND_CUTOFF_MULT,
     degrees_of_freedom,
@@ -28,32 +29,29 @@ from mdgate.md.initial import (  # noqa: F401 (re-exported)
 )
 from mdgate.md.integrators import Langevin, MDState, NoiseStreams, baoab_step, md_init, verlet_step
 from mdgate.md.neighbors import NeighborList
+from mdgate.md.observers import OBSERVERS, Observation
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
 from mdgate.units import FS, KB_EV_PER_K
 
 
-@dataclass
-class StopLimits:
-    """Bounds at which a trajectory is stopped early (``None`` = not checked live).
+class StopLimits(dict[str, float]):
+    """Bounds at which a trajectory is stopped early: live check name → bound (absent: not
+    checked live). Non-finite energies, forces or positions always stop a trajectory.
 
-    Non-finite energies, forces or positions always stop a trajectory. Field names are check
-    names of :mod:`mdgate.checks.table`; ``min_distance_A`` is a lower bound, the others upper bounds.
+    Keys are the live checks of :mod:`mdgate.checks.table` (``stops_md``); each is compared in
+    the table's direction (``min_distance_A`` is a lower bound, the others upper bounds).
     """
 
-    max_force_eV_per_A: float | None = None
-    max_temperature_K: float | None = None
-    max_temperature_excess_K: float | None = None
-    temperature_jump_factor: float | None = None
-    max_bond_deviation_A: float | None = None
-    min_distance_A: float | None = None
-    isolated_h_atoms: float | None = None
-    max_energy_deviation_meV_per_atom: float | None = None
+    def __init__(self, **bounds: float | None) -> None:
+        unknown = sorted(set(bounds) - set(LIVE))
+        if unknown:
+            raise KeyError(f"not live checks of the table: {unknown}; live: {LIVE}")
+        super().__init__({k: float(v) for k, v in bounds.items() if v is not None})
 
 
-#: The live observables, in the order of the record matrix; the first ``len(StopLimits)`` after
-#: the energies are the checks of :class:`StopLimits`.
-_LIMITS = [f.name for f in fields(StopLimits)]
+#: The live checks, in the order of the record matrix columns after the energies.
+LIVE = live_checks()
 
 
 @dataclass
@@ -72,7 +70,7 @@ class Failure:
 class Trajectory:
     """Recorded observables of one trajectory, every ``record_every`` steps.
 
-    Energies in eV, temperature in K, forces in eV/Å, distances in Å. ``frames`` are
+    Energies in eV, temperature in K; the live checks' series in their table units. ``frames`` are
     ``(step, positions [n_atoms, 3] Å)`` snapshots for the oracle stage.
     """
 
@@ -89,11 +87,8 @@ class Trajectory:
     e_kin_eV: list[float] = field(default_factory=list)
     temperature_K: list[float] = field(default_factory=list)
     target_temperature_K: list[float] = field(default_factory=list)
-    max_force_eV_per_A: list[float] = field(default_factory=list)
-    max_bond_deviation_A: list[float] = field(default_factory=list)
-    min_distance_A: list[float] = field(default_factory=list)
-    isolated_h_atoms: list[float] = field(default_factory=list)
-    temperature_jump_factor: list[float] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    """Each live check's value at every record (the table's ``stops_md`` checks), by check name."""
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     failure: Failure | None = None
 
@@ -182,13 +177,6 @@ class _Batch:
         return batch, atom_keep, new_sys[system_idx[atom_keep]]
 
 
-def _per_system(values: torch.Tensor, idx: torch.Tensor, n: int, how: str, empty: float) -> torch.Tensor:
-    out = torch.full((n,), empty, dtype=values.dtype, device=values.device)
-    if values.numel():
-        out.scatter_reduce_(0, idx, values, how, include_self=True)
-    return out
-
-
 def _targets_K(batch: _Batch, step: int) -> torch.Tensor:
     """Thermostat target per system at ``step`` (0 for NVE systems)."""
     start, end, n_ramp = batch.ramp[:, 0], batch.ramp[:, 1], batch.ramp[:, 2]
@@ -198,35 +186,21 @@ def _targets_K(batch: _Batch, step: int) -> torch.Tensor:
 
 def _observe(state: MDState, batch: _Batch, pairs: tuple[torch.Tensor, torch.Tensor], e0: torch.Tensor | None,
              t_prev: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
-    """The record matrix ``[n_systems, 5 + n_limits]``: e_pot, e_kin, T, target T, then the
-    values of the :class:`StopLimits` checks, then finite (1/0). ``e0``/``t_prev`` ``None``: the
-    first record (deviation 0, jump factor 1).
+    """The record matrix ``[n_systems, 4 + len(LIVE) + 1]``: e_pot, e_kin, T, target T, then the
+    value of each live check (its observer in :mod:`mdgate.md.observers`), then finite (1/0).
+    ``e0``/``t_prev`` ``None``: the first record.
     """
     x, v, f, sysi = state.positions, state.velocities, state.forces, state.system_idx
     S, f64 = batch.orig.numel(), x.dtype
     ekin = torch.zeros(S, dtype=f64, device=x.device).index_add_(0, sysi, 0.5 * state.masses * (v * v).sum(1))
     temp = 2.0 * ekin / (batch.dof.clamp(min=1) * KB_EV_PER_K)
-    fmax = _per_system(f.abs().amax(1), sysi, S, "amax", 0.0)
-    bdev = torch.zeros(S, dtype=f64, device=x.device)
-    if batch.bonds.numel():
-        d = (x[batch.bonds[:, 0]] - x[batch.bonds[:, 1]]).norm(dim=1)
-        bdev = _per_system((d - batch.r0).abs(), batch.bond_sys, S, "amax", 0.0)
-    i, j = pairs
-    dij = (x[i] - x[j]).norm(dim=1)
-    nearest = _per_system(dij, i, x.shape[0], "amin", float("inf"))  # per atom; inf = no atom in range
-    dmin = _per_system(nearest, sysi, S, "amin", float("inf"))
-    lost_h = torch.zeros(S, dtype=f64, device=x.device).index_add_(
-        0, sysi, (batch.is_h & ~(nearest <= H_LOSS_DISTANCE_A)).to(f64))
-    jump = temp / (temp if t_prev is None else t_prev).clamp(min=1.0)
-    etot = state.energy + ekin
-    edev = (etot - (etot if e0 is None else e0)).abs() / batch.n_atoms * 1000.0
-    finite = torch.zeros(S, dtype=torch.long, device=x.device).index_add_(
+    obs = Observation(state=state, bonds=batch.bonds, bond_sys=batch.bond_sys, r0_A=batch.r0, is_h=batch.is_h,
+                      n_atoms=batch.n_atoms, pairs=pairs, temperature_K=temp, target_K=target, e_kin_eV=ekin,
+                      e0_eV=e0, t_prev_K=t_prev)
+    bad = torch.zeros(S, dtype=torch.long, device=x.device).index_add_(
         0, sysi, (~(torch.isfinite(x).all(1) & torch.isfinite(f).all(1) & torch.isfinite(v).all(1))).long())
-    finite = (finite == 0) & torch.isfinite(state.energy)
-    values = {"max_force_eV_per_A": fmax, "max_temperature_K": temp, "max_temperature_excess_K": temp - target,
-              "temperature_jump_factor": jump, "max_bond_deviation_A": bdev, "min_distance_A": dmin,
-              "isolated_h_atoms": lost_h, "max_energy_deviation_meV_per_atom": edev}
-    return torch.stack([state.energy, ekin, temp, target, *(values[k] for k in _LIMITS), finite.to(f64)], 1)
+    finite = (bad == 0) & torch.isfinite(state.energy)
+    return torch.stack([state.energy, ekin, temp, target, *(OBSERVERS[k](obs) for k in LIVE), finite.to(f64)], 1)
 
 
 def _setup(specs: list[TrajectorySpec], device: torch.device) -> tuple[_Batch, np.ndarray, np.ndarray, np.ndarray]:
@@ -248,9 +222,7 @@ def _setup(specs: list[TrajectorySpec], device: torch.device) -> tuple[_Batch, n
         # Langevin thermalises all 3N momenta (centre of mass and rotation too); NVE keeps 3N − 6.
         dofs.append(degrees_of_freedom(atoms) if sp.ramp is None else 3 * len(atoms))
         natoms.append(len(atoms))
-        lim = [getattr(sp.limits, k) for k in _LIMITS]
-        limits.append([(-np.inf if k == "min_distance_A" else np.inf) if b is None else b
-                       for k, b in zip(_LIMITS, lim, strict=True)])
+        limits.append([sp.limits.get(k, -np.inf if CHECKS[k].lower else np.inf) for k in LIVE])
         r = sp.ramp
         ramps.append([r.start_K, r.end_K, r.ramp_steps, r.friction_per_ps / 1000.0] if r else [0, 0, 0, 0])
         offset += len(atoms)
@@ -357,16 +329,15 @@ def _record(rows: torch.Tensor, state: MDState, batch: _Batch, step: int, specs:
         tr.e_kin_eV.append(float(ek))
         tr.temperature_K.append(float(tk))
         tr.target_temperature_K.append(float(tt))
-        for name in ("max_force_eV_per_A", "max_bond_deviation_A", "min_distance_A", "isolated_h_atoms",
-                     "temperature_jump_factor"):
-            getattr(tr, name).append(float(vals[_LIMITS.index(name)]))
+        for name, value in zip(LIVE, vals, strict=True):
+            tr.series.setdefault(name, []).append(float(value))
         tr.steps_done = step
         failure = None
         if not rows_np[k, -1]:
             failure = ("finite", float("nan"))
         else:
-            for name, value, bound in zip(_LIMITS, vals, limits_np[k], strict=True):
-                if (value < bound) if name == "min_distance_A" else (value > bound):
+            for name, value, bound in zip(LIVE, vals, limits_np[k], strict=True):
+                if (value < bound) if CHECKS[name].lower else (value > bound):
                     failure = (name, float(value))
                     break
         if failure is not None:

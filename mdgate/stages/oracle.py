@@ -102,7 +102,7 @@ def evaluate_oracle(oracle: Oracle, candidate: Potential, frames: list[Frame]) -
     Raises:
         MdgateError: the oracle could not compute a single frame.
     """
-    from mdgate.checks.evaluate import force_accuracy
+    from mdgate.checks.metrics import force_accuracy
 
     ref = oracle.forces(frames)
     ok = [k for k, f in enumerate(ref) if f is not None]

@@ -13,7 +13,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-from mdgate.checks.evaluate import force_accuracy
+from mdgate.checks.metrics import force_accuracy
 from mdgate.config import parse_config
 from mdgate.errors import MoleculeSetError
 from mdgate.molecules import check_reference_matches, read_molecules, read_reference

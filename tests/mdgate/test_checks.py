@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mdgate.checks import evaluate as checks
+from mdgate.checks import metrics
 from mdgate.config import Bound, Criteria
 from mdgate.md.batch import Failure, Trajectory
 from mdgate.results import Verdict
@@ -17,31 +18,31 @@ N_ATOMS = 10
 def test_drift_slope_of_a_linear_series_is_its_slope_in_meV_per_atom_per_ps() -> None:
     t = np.linspace(0.0, 2.0, 201)  # ps
     e = -1234.5 + 0.005 * t  # +5 meV/ps over 10 atoms = 0.5 meV/atom/ps
-    assert checks.drift_slope_meV_per_atom_per_ps(t, e, N_ATOMS) == pytest.approx(0.5, rel=1e-9)
+    assert metrics.drift_slope_meV_per_atom_per_ps(t, e, N_ATOMS) == pytest.approx(0.5, rel=1e-9)
     falling = -1234.5 - 0.02 * t
-    assert checks.drift_slope_meV_per_atom_per_ps(t, falling, N_ATOMS) == pytest.approx(-2.0, rel=1e-9)
+    assert metrics.drift_slope_meV_per_atom_per_ps(t, falling, N_ATOMS) == pytest.approx(-2.0, rel=1e-9)
 
 
 def test_drift_slope_sees_through_a_large_oscillation() -> None:
     t = np.linspace(0.0, 2.0, 2001)
     wiggle = 0.05 * np.cos(2 * np.pi * 10 * t / 2.0)  # 50 meV, 100x the drift over the run
     e = -50.0 + 0.005 * t + wiggle
-    assert checks.drift_slope_meV_per_atom_per_ps(t, e, N_ATOMS) == pytest.approx(0.5, rel=0.02)
+    assert metrics.drift_slope_meV_per_atom_per_ps(t, e, N_ATOMS) == pytest.approx(0.5, rel=0.02)
 
 
 def test_drift_slope_of_one_record_is_not_measurable() -> None:
-    assert np.isnan(checks.drift_slope_meV_per_atom_per_ps(np.array([0.0]), np.array([1.0]), 3))
+    assert np.isnan(metrics.drift_slope_meV_per_atom_per_ps(np.array([0.0]), np.array([1.0]), 3))
 
 
 def test_max_energy_deviation_is_the_largest_excursion_from_the_start() -> None:
     e = np.array([-10.0, -10.001, -10.003, -9.998, -10.0])
-    assert checks.max_energy_deviation_meV_per_atom(e, 3) == pytest.approx(1.0)
+    assert metrics.max_energy_deviation_meV_per_atom(e, 3) == pytest.approx(1.0)
 
 
 def test_seed_figures_are_percent_of_the_initial_energy() -> None:
     t = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
     e = np.array([-100.0, -99.9, -99.8, -99.85, -99.9])
-    fig = checks.seed_figures(t, e)
+    fig = metrics.seed_figures(t, e)
     assert fig["initial_energy_eV"] == -100.0
     assert fig["final_energy_eV"] == -99.9
     assert fig["total_drift_percent"] == pytest.approx(0.1)
@@ -53,27 +54,27 @@ def test_drift_over_kinetic_std() -> None:
     t = np.linspace(0.0, 1.0, 101)
     ekin = 1.0 + 0.1 * np.where(np.arange(101) % 2, 1.0, -1.0)  # σ = 0.1 eV (almost exactly)
     e = 0.02 * t  # 0.02 eV drift over the run
-    assert checks.drift_over_kinetic_std(t, e, ekin) == pytest.approx(0.2, rel=1e-3)
+    assert metrics.drift_over_kinetic_std(t, e, ekin) == pytest.approx(0.2, rel=1e-3)
 
 
 def test_force_r2_mae_rmse_of_perfect_scaled_and_useless_predictions() -> None:
     ref = np.array([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
-    perfect = checks.force_accuracy(ref.copy(), ref)
+    perfect = metrics.force_accuracy(ref.copy(), ref)
     assert perfect == {"force_r2": 1.0, "force_mae_eV_per_A": 0.0, "force_rmse_eV_per_A": 0.0}
     # Components ±1 with mean 0: 10 % too small gives SS_res = 0.01·SS_tot.
-    scaled = checks.force_accuracy(0.9 * ref, ref)
+    scaled = metrics.force_accuracy(0.9 * ref, ref)
     assert scaled["force_r2"] == pytest.approx(0.99)
     assert scaled["force_mae_eV_per_A"] == pytest.approx(0.1)
     assert scaled["force_rmse_eV_per_A"] == pytest.approx(0.1)
-    assert checks.force_accuracy(np.zeros_like(ref), ref)["force_r2"] == pytest.approx(0.0)
-    assert checks.force_accuracy(-ref, ref)["force_r2"] == pytest.approx(-3.0)
+    assert metrics.force_accuracy(np.zeros_like(ref), ref)["force_r2"] == pytest.approx(0.0)
+    assert metrics.force_accuracy(-ref, ref)["force_r2"] == pytest.approx(-3.0)
 
 
 def test_force_r2_of_noisy_predictions_is_one_minus_noise_over_signal_variance() -> None:
     rng = np.random.default_rng(1)
     ref = rng.normal(0.0, 1.0, size=(20000, 3))
     pred = ref + rng.normal(0.0, 0.3, size=ref.shape)
-    m = checks.force_accuracy(pred, ref)
+    m = metrics.force_accuracy(pred, ref)
     assert m["force_r2"] == pytest.approx(1.0 - 0.09, abs=0.005)
     assert m["force_rmse_eV_per_A"] == pytest.approx(0.3, rel=0.01)
     assert m["force_mae_eV_per_A"] == pytest.approx(0.3 * np.sqrt(2 / np.pi), rel=0.01)
@@ -84,8 +85,8 @@ def test_bond_stretched_by_0_6_A_is_measured() -> None:
     pos = pos0.copy()
     pos[1, 0] += 0.6
     bonds = np.array([[0, 1], [0, 2]])
-    assert checks.bond_deviation_A(pos0, pos, bonds) == pytest.approx(0.6)
-    assert checks.bond_deviation_A(pos0, pos, np.zeros((0, 2), dtype=int)) == 0.0
+    assert metrics.bond_deviation_A(pos0, pos, bonds) == pytest.approx(0.6)
+    assert metrics.bond_deviation_A(pos0, pos, np.zeros((0, 2), dtype=int)) == 0.0
 
 
 # ------------------------------------------------------------------------- evaluate_trajectory
@@ -103,8 +104,9 @@ def make_trajectory(e_tot_eV: np.ndarray, *, bond_dev_A: float = 0.05, steps_ask
         steps_asked=steps_asked if steps_asked is not None else steps[-1],
         timestep_fs=timestep_fs, steps_done=steps[-1], step=steps,
         e_pot_eV=list(np.asarray(e_tot_eV) - ekin), e_kin_eV=list(ekin),
-        temperature_K=[300.0] * n, max_force_eV_per_A=[2.0] * n,
-        max_bond_deviation_A=list(np.linspace(0.0, bond_dev_A, n)), failure=failure,
+        temperature_K=[300.0] * n, failure=failure,
+        series={"max_force_eV_per_A": [2.0] * n, "max_temperature_K": [300.0] * n,
+                "max_bond_deviation_A": list(np.linspace(0.0, bond_dev_A, n))},
     )
 
 

@@ -10,7 +10,7 @@ import schnetpack as spk
 from ase import units
 from ase.md.verlet import VelocityVerlet
 
-from mdgate.checks.evaluate import drift_slope_meV_per_atom_per_ps
+from mdgate.checks.metrics import drift_slope_meV_per_atom_per_ps
 from mdgate.md.batch import maxwell_boltzmann, replica_seed, run_nve
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential

@@ -131,7 +131,7 @@ def test_smaller_time_step_conserves_energy_quadratically_better() -> None:
 
 
 def _series(tr: Trajectory) -> np.ndarray:
-    return np.array([tr.e_pot_eV, tr.e_kin_eV, tr.max_bond_deviation_A, tr.max_force_eV_per_A])
+    return np.array([tr.e_pot_eV, tr.e_kin_eV, tr.series["max_bond_deviation_A"], tr.series["max_force_eV_per_A"]])
 
 
 def test_batching_does_not_change_a_trajectory() -> None:
@@ -163,9 +163,9 @@ def test_batching_a_schnetpack_model_changes_a_trajectory_only_by_float32_roundi
     replicas = np.abs(np.array(batch[3].e_pot_eV) - alone.e_pot_eV).max()
     assert rounding < 1e-4
     assert replicas > 1e3 * rounding
-    np.testing.assert_allclose(batch[2].max_bond_deviation_A, alone.max_bond_deviation_A, atol=1e-5)
+    np.testing.assert_allclose(batch[2].series["max_bond_deviation_A"], alone.series["max_bond_deviation_A"], atol=1e-5)
     # The untrained model moves the atoms a lot: the comparison is not of a standing molecule.
-    assert max(alone.max_bond_deviation_A) > 0.05
+    assert max(alone.series["max_bond_deviation_A"]) > 0.05
 
 
 @pytest.mark.parametrize("n_lanes", [1, 2, 3, 10, 11])
@@ -231,7 +231,7 @@ MD = {"n_steps": 300, "timestep_fs": 0.5, "temperature_K": 300.0, "record_every"
 def test_a_bond_pulled_apart_fails_the_bond_check_through_the_engine() -> None:
     [_, pulled, _] = run_nve(puller(), pulled_set(), **MD)
     assert pulled.steps_done == MD["n_steps"] and pulled.failure is None  # no limits: runs on
-    assert max(pulled.max_bond_deviation_A) > 1.0
+    assert max(pulled.series["max_bond_deviation_A"]) > 1.0
     checks = {c.name: c for c in evaluate_trajectory(pulled, GateConfig().criteria).checks}
     assert checks["max_bond_deviation_A"].passed is False
     assert checks["max_bond_deviation_A"].value > 1.0
@@ -253,8 +253,8 @@ def test_fail_fast_stops_one_trajectory_at_a_recorded_step_and_the_others_run_on
     assert 0 < step < MD["n_steps"] and step % MD["record_every"] == 0
     assert pulled.steps_done == step and pulled.step[-1] == step
     assert pulled.failure.time_ps == pytest.approx(step * MD["timestep_fs"] * 1e-3)
-    assert pulled.failure.value == pulled.max_bond_deviation_A[-1] > 0.5
-    assert pulled.max_bond_deviation_A[-2] <= 0.5  # it stopped at the first record past the bound
+    assert pulled.failure.value == pulled.series["max_bond_deviation_A"][-1] > 0.5
+    assert pulled.series["max_bond_deviation_A"][-2] <= 0.5  # it stopped at the first record past the bound
     # Up to the stop it is the free trajectory.
     assert pulled.e_pot_eV == free[1].e_pot_eV[:len(pulled.e_pot_eV)]
     for tr, ref in ((a, free[0]), (b, free[2])):
@@ -293,8 +293,8 @@ def test_fail_fast_limits_are_the_required_bounds() -> None:
                                                   "max_force_eV_per_A": {"bound": None},
                                                   "max_energy_deviation_meV_per_atom": {"bound": 4.0}}})
     limits = md_limits(cfg)
-    assert limits.max_energy_deviation_meV_per_atom == 12.0
-    assert limits.max_temperature_K is None and limits.max_force_eV_per_A is None  # never stop for info
+    assert limits["max_energy_deviation_meV_per_atom"] == 12.0
+    assert limits.get("max_temperature_K") is None and limits.get("max_force_eV_per_A") is None  # never stop for info
     assert md_limits(GateConfig.model_validate({"md": {"fail_fast": False}})) == StopLimits()
 
 
@@ -314,9 +314,9 @@ def test_an_approving_run_is_never_shortened() -> None:
         assert all(c.passed for c in rep.checks if c.required), [c for c in rep.checks if not c.passed]
     # Limits at the worst measured values (a check passes at its bound) do not stop anything.
     tight = StopLimits(
-        max_force_eV_per_A=max(max(t.max_force_eV_per_A) for t in free),
+        max_force_eV_per_A=max(max(t.series["max_force_eV_per_A"]) for t in free),
         max_temperature_K=max(max(t.temperature_K) for t in free),
-        max_bond_deviation_A=max(max(t.max_bond_deviation_A) for t in free),
+        max_bond_deviation_A=max(max(t.series["max_bond_deviation_A"]) for t in free),
         max_energy_deviation_meV_per_atom=max(
             float(np.max(np.abs(t.e_tot_eV - t.e_tot_eV[0])) * 1000 / t.n_atoms) for t in free),
     )

@@ -7,11 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mdgate.checks.evaluate import (
-    drift_slope_meV_per_atom_per_ps,
-    drift_slope_stderr_meV_per_atom_per_ps,
-    evaluate_trajectory,
-)
+from mdgate.checks.evaluate import evaluate_trajectory
+from mdgate.checks.metrics import drift_slope_meV_per_atom_per_ps, drift_slope_stderr_meV_per_atom_per_ps
 from mdgate.config import Criteria, GateConfig
 from mdgate.md.batch import Trajectory
 from mdgate.potentials import ModelMeta
@@ -27,8 +24,8 @@ def _traj(e_tot: np.ndarray, n_atoms: int = 10, timestep_fs: float = 0.5, every:
     tr.e_pot_eV = list(e_tot)
     tr.e_kin_eV = [0.0] * len(e_tot)
     tr.temperature_K = [300.0] * len(e_tot)
-    tr.max_force_eV_per_A = [1.0] * len(e_tot)
-    tr.max_bond_deviation_A = [0.01] * len(e_tot)
+    tr.series = {"max_force_eV_per_A": [1.0] * len(e_tot), "max_temperature_K": [300.0] * len(e_tot),
+                 "max_bond_deviation_A": [0.01] * len(e_tot)}
     return tr
 
 
