@@ -5,58 +5,31 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mdgate.report.markdown import fmt
-from mdgate.results import ValidationResult
+from mdgate.checks.table import tagged_checks
+from mdgate.report.tables import fmt, markdown_table, molecule_rows
+from mdgate.results import ValidationResult, iter_checks
 from registry import types as T
 from registry.types import DESCRIPTION_MARKER
 
-#: The NVE check whose worst value is ``mdgate.worst_drift_meV_per_atom_per_ps``.
-DRIFT_CHECK = "drift_slope_meV_per_atom_per_ps"
-
-#: (column, summary key) of the per-molecule table.
-COLUMNS = [
-    ("drift slope (meV/atom/ps)", "drift_slope_meV_per_atom_per_ps"),
-    ("max |E-E0| (meV/atom)", "max_energy_deviation_meV_per_atom"),
-    ("max bond dev (Å)", "max_bond_deviation_A"),
-    ("max T (K)", "max_temperature_K"),
-    ("max force (eV/Å)", "max_force_eV_per_A"),
-]
-
 
 def summary_rows(result: ValidationResult) -> list[dict[str, Any]]:
-    """One row per molecule: steps, the main MD figures (worst replica) and pass/fail."""
-    rows = []
-    for mol in result.molecules:
-        checks = {c.name: c.value for c in mol.checks}
-        row: dict[str, Any] = {
-            "molecule": mol.name, "formula": mol.formula, "atoms": mol.n_atoms,
-            "steps": f"{min((r.steps_done for r in mol.replicas), default=0)}/{mol.steps_asked}",
-        }
-        for label, key in COLUMNS:
-            value = checks.get(key, mol.summary.get(key))
-            row[label] = None if value is None else float(f"{value:.4g}")
-        if result.accuracy is not None and mol.name in result.accuracy.per_molecule:
-            row["force R²"] = float(f"{result.accuracy.per_molecule[mol.name]['force_r2']:.4g}")
-        row["result"] = "PASS" if mol.passed else "FAIL"
-        rows.append(row)
-    return rows
-
-
-def _cell(value: Any) -> str:
-    """A Markdown table cell: a ``|`` in the text (``max |E-E0|``) would split the cell."""
-    return (fmt(value) if isinstance(value, float) else str(value)).replace("|", "\\|")
+    """One row per molecule: every stage that ran (PASS, or FAIL with the failing checks), the
+    table's summary figures and the molecule's result (the report's per-molecule table).
+    """
+    return molecule_rows(result)
 
 
 def summary_markdown(result: ValidationResult) -> str:
     """Verdict, reason and the per-molecule table, as Markdown."""
     lines = [f"**mdgate verdict: {result.verdict.value}**. {result.reason}", ""]
-    rows = summary_rows(result)
-    if rows:
-        header = list(rows[0])
-        lines.append("| " + " | ".join(map(_cell, header)) + " |")
-        lines.append("|" + "---|" * len(header))
-        for row in rows:
-            lines.append("| " + " | ".join(map(_cell, row.values())) + " |")
+    table = markdown_table(summary_rows(result))
+    if table:
+        lines += [*table, ""]
+    if result.failures:
+        lines.append(f"{len(result.failures)} required check(s) failed:")
+        lines += [f"- {f.stage}: {f.line()}" for f in result.failures[:MAX_FAILURE_LINES]]
+        if len(result.failures) > MAX_FAILURE_LINES:
+            lines.append(f"- … and {len(result.failures) - MAX_FAILURE_LINES} more (see the report)")
         lines.append("")
     acc = result.accuracy
     if acc is not None:
@@ -64,6 +37,10 @@ def summary_markdown(result: ValidationResult) -> str:
                      f"{fmt(acc.force_mae_eV_per_A)} eV/Å{'' if acc.applicable else ' (not applicable)'}.")
         lines.append("")
     return "\n".join(lines)
+
+
+#: Failed checks listed in the version description (the report lists all).
+MAX_FAILURE_LINES = 12
 
 
 def description_markdown(previous: str, result: ValidationResult, run_url: str, report_uri: str) -> str:
@@ -110,8 +87,9 @@ def verdict_tags(result: ValidationResult) -> dict[str, str | None]:
     """The version tags a consumer filters on, from one verdict: ``None`` means remove the tag.
 
     ``mdgate.force_r2`` (reference set, when the accuracy check applies),
-    ``mdgate.oracle_force_r2`` (on-trajectory oracle, all molecules), ``mdgate.worst_drift_...``
-    (largest |drift slope| over the NVE molecules), ``mdgate.min_time_to_failure_ps`` (see
+    ``mdgate.oracle_force_r2`` (on-trajectory oracle, all molecules), one ``mdgate.<tag>`` per
+    check the table tags (its worst value over the molecules, e.g.
+    ``mdgate.worst_drift_meV_per_atom_per_ps``), ``mdgate.min_time_to_failure_ps`` (see
     :func:`min_time_to_failure_ps`), ``mdgate.decided_by`` (``stage/check`` of a rejection), and
     ``mdgate.n_parameters`` / ``mdgate.parent`` when the gate knows them (else the registration's
     tags stay as they are).
@@ -121,14 +99,17 @@ def verdict_tags(result: ValidationResult) -> dict[str, str | None]:
     oracle_r2 = None
     if oracle is not None and oracle.ran:
         oracle_r2 = (oracle.per_molecule.get("all") or {}).get("force_r2")
-    drifts = [c.value for m in result.molecules for c in m.checks if c.name == DRIFT_CHECK and c.value is not None]
     tags: dict[str, str | None] = {
         T.FORCE_R2: decimal(acc.force_r2) if acc is not None and acc.applicable else None,
         T.ORACLE_FORCE_R2: decimal(oracle_r2),
-        T.WORST_DRIFT: decimal(max(drifts)) if drifts else None,
         T.MIN_TIME_TO_FAILURE: decimal(min_time_to_failure_ps(result)),
         T.DECIDED_BY: result.decided_by or None,
     }
+    for spec in tagged_checks():
+        values = [pc.check.value for pc in iter_checks(result) if pc.check.name == spec.name
+                  and pc.molecule is not None and pc.check.value is not None]
+        worst = (min(values) if spec.lower else max(values)) if values else None
+        tags[f"mdgate.{spec.tag}"] = decimal(worst)
     if result.model.n_parameters is not None:
         tags[T.N_PARAMETERS] = str(result.model.n_parameters)
     if result.model.parent:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdgate.report.plots import PlotJob
-from mdgate.report.stages import fmt
+from mdgate.report.tables import fmt
 from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
 
 #: One compared figure of the candidate and its baseline (the record ``results.json`` keeps).

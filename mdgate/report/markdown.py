@@ -5,6 +5,7 @@ Every figure in the report comes from a :class:`~mdgate.results.ValidationResult
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -12,8 +13,9 @@ from markdown_it import MarkdownIt
 from mdgate.checks.table import CHECKS, Stage
 from mdgate.report.champion import REMEASURED, BaselineComparison, champion_section, overlay_jobs
 from mdgate.report.plots import PlotJob, render_all
-from mdgate.report.stages import _status, fmt, plot_stress, stage_sections
-from mdgate.results import CheckResult, MoleculeResult, ValidationResult, Verdict
+from mdgate.report.stages import plot_stress, stage_sections
+from mdgate.report.tables import check_rows, fmt, label, markdown_table, molecule_rows, status
+from mdgate.results import MoleculeResult, ValidationResult, Verdict
 
 STATUS_LINE = {
     Verdict.APPROVED: "APPROVED FOR MD",
@@ -21,52 +23,48 @@ STATUS_LINE = {
     Verdict.ERROR: "ERROR: NOT VALIDATED",
 }
 
-#: What a failing check means, for the analysis section.
-MEANING = {
-    "completion": "trajectories did not run to the end: the dynamics broke down before the asked time",
-    "finite": "energies, forces or positions became NaN/inf: the model is numerically unusable for MD",
-    "max_force_eV_per_A": "forces grew beyond any physical value for a molecule at this temperature",
-    "max_temperature_K": "kinetic energy exploded: potential energy was converted into heat, the "
-                         "signature of an unstable or non-conservative potential",
-    "max_bond_deviation_A": "a covalent bond stretched or compressed by more than the bound: the "
-                            "molecule fell apart or fused (Fu et al., 'Forces are not enough', 2023)",
-    "drift_slope_meV_per_atom_per_ps": "total energy drifts systematically: forces are not the "
-                                       "gradient of the energy, or are too rough for the time step",
-    "max_energy_deviation_meV_per_atom": "total energy departs from its initial value by more than "
-                                         "the bound: energy is not conserved",
-    "total_drift_percent": "total energy changed by more than the hand-made report's 1 % threshold",
-    "min_force_r2": "forces disagree with the reference method: the model has not learned the "
-                    "potential energy surface it is meant to reproduce",
-}
-
-
-def _count(molecules: list[MoleculeResult], name: str) -> tuple[int, int, int, CheckResult | None]:
-    """Replicas where check ``name`` passed, failed, and in all. Unmeasured is not passed."""
-    n_pass = n_fail = n_all = 0
-    spec = None
-    for m in molecules:
-        for r in m.replicas:
-            for c in r.checks:
-                if c.name == name:
-                    spec = spec or c
-                    n_all += 1
-                    n_pass += c.passed is True
-                    n_fail += c.passed is False
-    return n_pass, n_fail, n_all, spec
-
-
 def render_markdown(result: ValidationResult, plots: dict[str, str] | None = None,
                     baseline: BaselineComparison | None = None) -> str:
     """Render the report as Markdown (tables are GFM pipe tables), with the comparison with the
     baseline when one was made.
     """
     plots = plots or {}
-    m = result.model
-    md = result.criteria.get("config", {}).get("md", {})
-    acc = result.accuracy
-    n_traj = sum(len(x.replicas) for x in result.molecules)
     lines: list[str] = []
     add = lines.append
+    _header(result, add)
+    add("## Executive Summary")
+    add("")
+    add(_summary_text(result))
+    add("")
+    if result.verdict == Verdict.ERROR:
+        add("## Conclusion")
+        add("")
+        add(f"The model could not be validated: {result.reason}. Fix the input and run the gate again.")
+        add("")
+        return "\n".join(lines)
+    _results_tables(result, add)
+    if baseline is not None:
+        champion_section(baseline, plots, add)
+    add("## Detailed Results")
+    add("")
+    md = result.criteria.get("config", {}).get("md", {})
+    for mol in result.molecules:
+        _molecule_section(mol, md, plots.get(mol.name), add)
+    if result.accuracy is not None:
+        _accuracy_section(result, add)
+    stage_sections(result, plots, add)
+    _analysis(result, add)
+    add("## Conclusion")
+    add("")
+    add(_conclusion(result))
+    add("")
+    return "\n".join(lines)
+
+
+def _header(result: ValidationResult, add: Callable[[str], None]) -> None:
+    """Title, status line and the facts: verdict, reason, model, units, settings, protocol."""
+    m, acc = result.model, result.accuracy
+    md = result.criteria.get("config", {}).get("md", {})
     add(f"# MD Validation Report: {Path(m.source).name}")
     add("")
     add(f"## STATUS: {STATUS_LINE[result.verdict]}")
@@ -104,80 +102,26 @@ def render_markdown(result: ValidationResult, plots: dict[str, str] | None = Non
     add("")
     add("---")
     add("")
-    add("## Executive Summary")
-    add("")
-    add(_summary_text(result))
-    add("")
-    if result.verdict == Verdict.ERROR:
-        add("## Conclusion")
-        add("")
-        add(f"The model could not be validated: {result.reason}. Fix the input and run the gate again.")
-        add("")
-        return "\n".join(lines)
+
+
+def _results_tables(result: ValidationResult, add: Callable[[str], None]) -> None:
+    """Every check of every stage that ran, then every molecule with every stage: the same tables
+    as the registry's version description.
+    """
     add("### Validation Results Summary")
     add("")
-    add("| Criterion | Result | Status |")
-    add("|-----------|--------|--------|")
-    add(f"| Simulations Run | {n_traj} | - |")
-    rows = [
-        ("completion", "Simulations Completed"),
-        ("finite", "Numerical Stability (finite)"),
-        ("max_force_eV_per_A", "Force Bound"),
-        ("max_temperature_K", "No Temperature Blow-up"),
-        ("max_bond_deviation_A", "Structural Stability (bonds)"),
-        ("drift_slope_meV_per_atom_per_ps", "Energy Drift Slope"),
-        ("max_energy_deviation_meV_per_atom", "Max Energy Deviation"),
-        ("total_drift_percent", "Energy Conservation (seed %)"),
-    ]
-    for name, label in rows:
-        n_pass, n_fail, n_all, spec = _count(result.molecules, name)
-        if spec is None:
-            continue
-        bound = f" ({spec.comparison} {fmt(spec.bound)} {spec.unit})" if spec.bound is not None else ""
-        status = "FAIL" if n_fail else "PASS" if n_pass == n_all else "n/a"
-        if not spec.required:
-            status += " (info)"
-        add(f"| {label}{bound} | {n_pass}/{n_all} | {status} |")
-    if acc is not None:
-        for c in acc.checks:
-            if c.bound is None:
-                continue
-            add(f"| Force R² ({c.comparison} {fmt(c.bound)}) | {fmt(c.value)} | {_status(c)} |")
-    add(f"| **Overall Verdict** | - | **{result.verdict.value.upper()}** |")
+    add("Every check of every stage that ran: its worst value over molecules and replicas, and on how many "
+        "molecules it passed.")
+    add("")
+    for line in markdown_table(check_rows(result)):
+        add(line)
+    add(f"\n**Overall Verdict**: **{result.verdict.value.upper()}**")
     add("")
     add("## Results by Molecule")
     add("")
-    add("| Molecule | Formula | Atoms | Steps done | Drift slope (meV/atom/ps) | Max dE (meV/atom) "
-        "| Total drift (%) | Max bond dev (Å) | Max T (K) | Status |")
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for mol in result.molecules:
-        s = {c.name: c for c in mol.checks}
-        steps = min(r.steps_done for r in mol.replicas)
-        add(f"| {mol.name} | {mol.formula} | {mol.n_atoms} | {steps}/{mol.steps_asked} "
-            f"| {fmt(_v(s, 'drift_slope_meV_per_atom_per_ps'))} | {fmt(_v(s, 'max_energy_deviation_meV_per_atom'))} "
-            f"| {fmt(_v(s, 'total_drift_percent'))} | {fmt(_v(s, 'max_bond_deviation_A'))} "
-            f"| {fmt(_v(s, 'max_temperature_K'))} | {'PASS' if mol.passed else 'FAIL'} |")
+    for line in markdown_table(molecule_rows(result)):
+        add(line)
     add("")
-    if baseline is not None:
-        champion_section(baseline, plots, add)
-    add("## Detailed Results")
-    add("")
-    for mol in result.molecules:
-        _molecule_section(mol, md, plots.get(mol.name), add)
-    if acc is not None:
-        _accuracy_section(result, add)
-    stage_sections(result, plots, add)
-    _analysis(result, add)
-    add("## Conclusion")
-    add("")
-    add(_conclusion(result))
-    add("")
-    return "\n".join(lines)
-
-
-def _v(checks: dict[str, CheckResult], name: str) -> float | None:
-    c = checks.get(name)
-    return c.value if c else None
 
 
 def _summary_text(result: ValidationResult) -> str:
@@ -230,11 +174,11 @@ def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> N
     add(f"**Atoms**: {mol.n_atoms}  ")
     for r in mol.replicas:
         if r.failure is None:
-            status = f"Completed {r.steps_done} steps"
+            outcome = f"Completed {r.steps_done} steps"
         else:
-            status = (f"Stopped at step {r.failure.step} ({fmt(r.failure.time_ps)} ps) by "
+            outcome = (f"Stopped at step {r.failure.step} ({fmt(r.failure.time_ps)} ps) by "
                       f"{r.failure.check} = {fmt(r.failure.value)}")
-        add(f"**Replica {r.replica}**: {status}  ")
+        add(f"**Replica {r.replica}**: {outcome}  ")
     add("")
     add("**Energy Conservation Analysis** (replica mean):")
     s = mol.summary
@@ -256,7 +200,7 @@ def _molecule_section(mol: MoleculeResult, md: dict, plot: str | None, add) -> N
         when = f" at {fmt(c.time_ps)} ps" if c.time_ps is not None else ""
         st = mol.statistics.get(c.name)
         spread = f"{fmt(st['mean'])} ± {fmt(st['std'], 2)}" if st and st.get("n", 0) > 1 else "-"
-        add(f"| {c.name} | {fmt(c.value)} {c.unit}{when} | {spread} | {bound} | {_status(c)} | {c.note or '-'} |")
+        add(f"| {label(c.name)} | {fmt(c.value)} {c.unit}{when} | {spread} | {bound} | {status(c)} | {c.note or '-'} |")
     add("")
     add(f"**Verdict**: {'PASS' if mol.passed else 'FAIL'}")
     add("")
@@ -307,7 +251,7 @@ def _analysis(result: ValidationResult, add) -> None:
     for name, where in failing.items():
         add(f"### {name}")
         add("")
-        meaning = MEANING.get(name) or (CHECKS[name].meaning if name in CHECKS else "see the check definition")
+        meaning = CHECKS[name].meaning if name in CHECKS else "see the check definition"
         add(f"Failed on: {', '.join(where)}. Meaning: {meaning}.")
         add("")
     add("")
@@ -376,12 +320,12 @@ def plot_molecule(mol: MoleculeResult, path: Path) -> None:
             ax1.axvline(r.failure.time_ps, color="red", ls="--", lw=0.8)
     checks = {c.name: c for c in mol.checks}
     notes = []
-    for key, label in (("drift_slope_meV_per_atom_per_ps", "|drift slope| (dotted)"),
+    for key, text in (("drift_slope_meV_per_atom_per_ps", "|drift slope| (dotted)"),
                        ("max_energy_deviation_meV_per_atom", "max |E−E0|")):
         c = checks.get(key)
         if c is not None and c.value is not None:
             bound = f", bound {fmt(c.bound)}" if c.bound is not None else ""
-            notes.append(f"{label}: {fmt(c.value)} {c.unit}{bound}")
+            notes.append(f"{text}: {fmt(c.value)} {c.unit}{bound}")
     if notes:
         ax1.text(0.01, 0.03, "\n".join(notes), transform=ax1.transAxes, fontsize=7, va="bottom",
                  bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})

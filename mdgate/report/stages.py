@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from mdgate.checks.table import CHECKS, STAGE_TITLE, Stage
+from mdgate.checks.table import STAGE_TITLE, Stage
+from mdgate.report.tables import fmt, label, status
 from mdgate.results import CheckResult, MoleculeResult, StageResult, ValidationResult
-
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    """Format a measured number for the report."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if x == 0 or 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits}g}"
-    return f"{x:.3e}"
-
-
-def _status(c: CheckResult) -> str:
-    if c.passed is None:
-        return "n/a" if c.bound is not None or "not applicable" in c.note else "info"
-    label = "PASS" if c.passed else "FAIL"
-    return label if c.required else f"{label} (info)"
 
 
 def _check_table(checks: list[CheckResult], add, value_title: str = "Value (worst)") -> None:
@@ -30,8 +14,7 @@ def _check_table(checks: list[CheckResult], add, value_title: str = "Value (wors
     add("|---|---|---|---|---|")
     for c in checks:
         bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
-        label = CHECKS[c.name].label if c.name in CHECKS else c.name
-        add(f"| {label} (`{c.name}`) | {fmt(c.value)} {c.unit} | {bound} | {_status(c)} | {c.note or '-'} |")
+        add(f"| {label(c.name)} (`{c.name}`) | {fmt(c.value)} {c.unit} | {bound} | {status(c)} | {c.note or '-'} |")
     add("")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from mdgate.checks.table import CHECKS
 from mdgate.config import GateConfig, parse_config
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
@@ -159,12 +160,12 @@ def test_report_tables_carry_the_measured_values(rejected) -> None:
     result, _, out = rejected
     parsed = parse((out / "report.md").read_text())
     summary = table_under(parsed, "Validation Results Summary")
-    assert summary.header == ["Criterion", "Result", "Status"]
-    rows = {r[0]: r for r in summary.rows}
-    assert rows["Simulations Run"][1] == "2"
-    assert rows["**Overall Verdict**"][2] == "**REJECTED**"
+    assert summary.header == ["Stage", "Check", "Worst value", "Bound", "Passed", "Status"]
+    stages = {r[0] for r in summary.rows}
+    assert {"NVE", "accuracy", "stress"} <= stages  # every stage that ran, not only NVE
+    assert "**Overall Verdict**: **REJECTED**" in (out / "report.md").read_text()
     by_mol = table_under(parsed, "Results by Molecule")
-    assert by_mol.header[:4] == ["Molecule", "Formula", "Atoms", "Steps done"]
+    assert by_mol.header[:4] == ["Molecule", "Formula", "Atoms", "NVE steps"]
     assert [r[0] for r in by_mol.rows] == [m.name for m in result.molecules]
     for row, mol in zip(by_mol.rows, result.molecules, strict=True):
         assert row[1] == mol.formula and row[2] == str(mol.n_atoms)
@@ -173,29 +174,26 @@ def test_report_tables_carry_the_measured_values(rejected) -> None:
     for mol in result.molecules:
         checks = table_under(parsed, mol.name)
         assert checks.header == ["Check", "Value (worst replica)", "Replicas: mean ± std", "Bound", "Status", "Note"]
-        assert [r[0] for r in checks.rows] == [c.name for c in mol.checks]
+        assert [r[0] for r in checks.rows] == [CHECKS[c.name].label for c in mol.checks]
     acc = table_under(parsed, "Accuracy on the Reference Set")
     assert acc.rows[-1][0] == "**all**" and acc.rows[-1][1] == "40"
 
 
 def test_the_summary_table_never_shows_an_unmeasured_check_as_passed(rejected) -> None:
     result, _, out = rejected
-    rows = {r[0].split(" (")[0]: r for r in table_under(parse((out / "report.md").read_text()),
-                                                         "Validation Results Summary").rows}
-    labels = {"completion": "Simulations Completed", "max_temperature_K": "No Temperature Blow-up",
-              "max_bond_deviation_A": "Structural Stability",
-              "drift_slope_meV_per_atom_per_ps": "Energy Drift Slope",
-              "max_energy_deviation_meV_per_atom": "Max Energy Deviation"}
-    for name, label in labels.items():
+    rows = {(r[0], r[1]): r for r in table_under(parse((out / "report.md").read_text()),
+                                                  "Validation Results Summary").rows}
+    for name in ("completion", "max_temperature_K", "max_bond_deviation_A", "drift_slope_meV_per_atom_per_ps",
+                 "max_energy_deviation_meV_per_atom"):
         states = [c.passed for m in result.molecules for r in m.replicas for c in r.checks if c.name == name]
-        row = rows[label]
-        assert row[1] == f"{sum(s is True for s in states)}/{len(states)}", (name, row)
+        row = rows[("NVE", CHECKS[name].label)]
+        assert row[4] == f"{sum(s is True for s in states)}/{len(states)}", (name, row)
         if False in states:
-            assert row[2] == "FAIL", (name, row)
+            assert row[5] == "FAIL", (name, row)
         elif None in states:
-            assert row[2].startswith("n/a"), (name, row)
+            assert row[5].startswith("n/a"), (name, row)
         else:
-            assert row[2] == "PASS", (name, row)
+            assert row[5] == "PASS", (name, row)
 
 
 def test_an_approved_report(tmp_path: Path) -> None:
@@ -215,9 +213,9 @@ def test_an_approved_report(tmp_path: Path) -> None:
     assert "STATUS: APPROVED FOR MD" in order
     sections = {"Executive Summary", "Analysis", "Recommendations", "Conclusion", "tetra_c", "tetra_n"}
     assert sections <= set(order)
-    rows = {r[0]: r for r in table_under(parsed, "Validation Results Summary").rows}
-    assert rows["**Overall Verdict**"][2] == "**APPROVED**"
-    assert all(r[2] in ("PASS", "PASS (info)", "-") for k, r in rows.items() if k != "**Overall Verdict**")
+    rows = table_under(parsed, "Validation Results Summary").rows
+    assert "**Overall Verdict**: **APPROVED**" in text
+    assert rows and all(r[5] in ("PASS", "PASS (info)", "info") for r in rows)
     assert "No required check failed" in text
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["verdict"] == "Approved" and data["failed_checks"] == [] and data["accuracy"] is None
@@ -239,14 +237,15 @@ def test_the_version_description_table_keeps_its_columns(rejected) -> None:
     """The registry's summary table (MLflow renders the version description as Markdown): every
     row has a cell per column, also under headers with a ``|`` in them (``max |E-E0|``).
     """
-    from registry.summary import COLUMNS, summary_markdown, summary_rows
+    from mdgate.checks.table import summary_columns
+    from registry.summary import summary_markdown, summary_rows
 
     result, _, _ = rejected
     [table] = parse(summary_markdown(result)).tables
     rows = summary_rows(result)
     assert table.header == list(rows[0])
-    assert "max |E-E0| (meV/atom)" in table.header and any("|" in label for label, _ in COLUMNS)
+    assert "max |E-E0| (meV/atom)" in table.header and any("|" in label for label, _ in summary_columns())
     assert [r[0] for r in table.rows] == [m.name for m in result.molecules]
     for cells, row in zip(table.rows, rows, strict=True):
         assert len(cells) == len(table.header)
-        assert cells[table.header.index("result")] == row["result"]
+        assert cells[table.header.index("Result")] == row["Result"]
