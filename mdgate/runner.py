@@ -23,7 +23,7 @@ import torch
 from mdgate import __version__
 from mdgate.checks.evaluate import evaluate_accuracy, evaluate_trajectory, summarize_molecule
 from mdgate.checks.table import Stage, live_checks
-from mdgate.checks.verdict import decide, failed_checks, md_stage_result, stage_result
+from mdgate.checks.verdict import decide, md_stage_result, stage_result
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
 from mdgate.md.batch import Ramp, StopLimits, Trajectory, nve_specs, run_batch, stress_specs
@@ -334,16 +334,13 @@ def assemble(model: ModelInfo, config: GateConfig, molecules: list[MoleculeResul
              accuracy: AccuracyResult | None, timing: Timing,
              stages: dict[str, StageResult] | None = None) -> ValidationResult:
     """Decide the verdict and build the result."""
-    stages = stages or {}
-    verdict, reason, failed = decide(molecules, accuracy, stages)
-    records = failed_checks(molecules, accuracy, stages)
-    return ValidationResult(
-        verdict=verdict, reason=reason, model=model,
+    measured = ValidationResult(
+        verdict=Verdict.ERROR, reason="not decided", model=model,
         criteria={"config": config.model_dump(mode="json"), "sha256": config.sha256()},
-        molecules=molecules, accuracy=accuracy, failed_checks=failed, failures=records,
-        decided_by=f"{records[0].stage}/{records[0].check}" if records else None, stages=stages,
+        molecules=molecules, accuracy=accuracy, stages=stages or {},
         timing=timing, created_at=datetime.now(UTC).isoformat(timespec="seconds"), mdgate_version=__version__,
     )
+    return decide(measured)
 
 
 def error_result(reason: str, source: str, config: GateConfig, meta: ModelMeta | None = None) -> ValidationResult:

@@ -4,9 +4,12 @@ decision with its one-line reason naming the stage and check that decided.
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import groupby
+
 from mdgate.checks.evaluate import worst_checks
 from mdgate.checks.table import Stage
-from mdgate.results import AccuracyResult, CheckResult, FailedCheck, MoleculeResult, StageResult, Verdict
+from mdgate.results import CheckResult, FailedCheck, MoleculeResult, StageResult, ValidationResult, Verdict, iter_checks
 
 
 def stage_result(stage: Stage, required: bool, groups: list[list[CheckResult]], seconds: float,
@@ -24,73 +27,64 @@ def stage_result(stage: Stage, required: bool, groups: list[list[CheckResult]], 
     return result
 
 
-def failed_checks(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
-                  stages: dict[str, StageResult] | None = None) -> list[FailedCheck]:
-    """Every failed required check as a record, in protocol order (sanity, NVE, accuracy,
-    stress, oracle): the first one decides.
+def failed_checks(result: ValidationResult) -> list[FailedCheck]:
+    """Every failed required check of ``result`` as a record, in protocol order (sanity, NVE,
+    accuracy, stress, oracle; :func:`~mdgate.results.iter_checks`): the first one decides. Within
+    a molecule, the detector that stopped a trajectory comes before the completion it cut short.
     """
-    stages = stages or {}
+    md = {(st, m.name): m for st, s in result.stages.items() for m in s.molecules}
+    md.update({("nve", m.name): m for m in result.molecules})
+    placed = [pc for pc in iter_checks(result) if pc.check.required and pc.check.passed is False]
     out: list[FailedCheck] = []
-
-    def add(stage: str, where: str, c: CheckResult, n_failed: int = 1, n_total: int = 1,
-            temperature_K: float | None = None) -> None:
-        if c.required and c.passed is False:
-            out.append(FailedCheck(stage=stage, where=where, check=c.name, value=c.value, unit=c.unit, bound=c.bound,
-                                   comparison=c.comparison, n_failed=n_failed, n_total=n_total, time_ps=c.time_ps,
-                                   temperature_K=temperature_K))
-
-    def add_md(stage: str, mols: list[MoleculeResult]) -> None:
-        for mol in mols:
-            # The detector that stopped a trajectory decides, not the completion it cut short.
-            for c in sorted(mol.checks, key=lambda c: c.name == "completion"):
-                bad = [r for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False]
-                temp = next((r.failure.temperature_K for r in bad if r.failure and r.failure.temperature_K
-                             and stage == "stress"), None)
-                add(stage, mol.name, c, len(bad), len(mol.replicas), temp)
-
-    sanity = stages.get(Stage.SANITY)
-    if sanity is not None:
-        for mol, checks in sanity.molecule_checks.items():
-            for c in checks:
-                add("sanity", mol, c)
-    add_md("nve", molecules)
-    if accuracy is not None:
-        for c in accuracy.checks:
-            add("accuracy", "all", c)
-    if (stress := stages.get(Stage.STRESS)) is not None:
-        add_md("stress", stress.molecules)
-    if (oracle := stages.get(Stage.ORACLE)) is not None:
-        for c in oracle.checks:
-            add("oracle", "all", c)
+    for _, group in groupby(placed, key=lambda pc: (pc.stage, pc.molecule)):
+        for pc in sorted(group, key=lambda pc: pc.check.name == "completion"):
+            c, mol = pc.check, md.get((pc.stage, pc.molecule or ""))
+            bad = [r for r in mol.replicas for rc in r.checks if rc.name == c.name and rc.passed is False] if mol \
+                else []
+            temp = next((r.failure.temperature_K for r in bad if r.failure and r.failure.temperature_K
+                         and pc.stage == "stress"), None)
+            out.append(FailedCheck(stage=pc.stage, where=pc.molecule or "all", check=c.name, value=c.value,
+                                   unit=c.unit, bound=c.bound, comparison=c.comparison,
+                                   n_failed=len(bad) if mol else 1, n_total=len(mol.replicas) if mol else 1,
+                                   time_ps=c.time_ps, temperature_K=temp))
     return out
 
 
-def decide(molecules: list[MoleculeResult], accuracy: AccuracyResult | None,
-           stages: dict[str, StageResult] | None = None) -> tuple[Verdict, str, list[str]]:
+def decide(result: ValidationResult) -> ValidationResult:
     """Approved only when every required check of every stage passes on every molecule and replica.
 
     Returns:
-        The verdict, its one-line reason (naming the stage and check that decided) and the
-        failed checks as lines.
+        ``result`` with its verdict, its one-line reason (naming the stage and check that decided,
+        and how many required checks failed, by name), the failed checks as records and lines,
+        and ``decided_by``.
     """
-    failures = failed_checks(molecules, accuracy, stages)
+    failures = failed_checks(result)
     lines = [f.line() for f in failures]
+    update: dict[str, object] = {"failures": failures, "failed_checks": lines,
+                                 "decided_by": f"{failures[0].stage}/{failures[0].check}" if failures else None}
     if failures:
-        names = list(dict.fromkeys(f"{f.stage}/{f.check}" for f in failures))
-        first = failures[0]
-        reason = (f"rejected by the {first.stage} stage: {lines[0]}; {len(failures)} required checks failed "
-                  f"({', '.join(names)})")
-        return Verdict.REJECTED, reason, lines
-    n = sum(len(m.replicas) for m in molecules)
-    ran = [s for s in (stages or {}) if (stages or {})[s].ran]
+        counts = Counter(f"{f.stage}/{f.check}" for f in failures)
+        names = ", ".join(f"{n} ×{k}" if k > 1 else n for n, k in counts.items())
+        update["verdict"] = Verdict.REJECTED
+        update["reason"] = (f"rejected by the {failures[0].stage} stage: {lines[0]}; {len(failures)} required "
+                            f"checks failed ({names})")
+        return result.model_copy(update=update)
+    update["verdict"] = Verdict.APPROVED
+    update["reason"] = _approved_reason(result)
+    return result.model_copy(update=update)
+
+
+def _approved_reason(result: ValidationResult) -> str:
+    stages, accuracy = result.stages, result.accuracy
+    n = sum(len(m.replicas) for m in result.molecules)
+    ran = [s for s in stages if stages[s].ran]
     acc = f", force R² {accuracy.force_r2:.4f}" if accuracy is not None and accuracy.applicable else ""
-    oracle = (stages or {}).get(Stage.ORACLE)
+    oracle = stages.get(Stage.ORACLE)
     if oracle is not None and oracle.ran and "all" in oracle.per_molecule:
         acc += f", on-trajectory force R² {oracle.per_molecule['all'].get('force_r2') or float('nan'):.4f}"
-    n_mol = len(molecules) or max((len(s.molecules) for s in (stages or {}).values()), default=0)
+    n_mol = len(result.molecules) or max((len(s.molecules) for s in stages.values()), default=0)
     stage_list = f" ({', '.join(ran)})" if ran else ""
-    return (Verdict.APPROVED, f"all required checks passed on {n_mol} molecules ({n} NVE trajectories)"
-            f"{stage_list}{acc}", lines)
+    return f"all required checks passed on {n_mol} molecules ({n} NVE trajectories){stage_list}{acc}"
 
 
 def md_stage_result(stage: Stage, mols: list[MoleculeResult], required: bool, ran: bool, seconds: float,

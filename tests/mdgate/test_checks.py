@@ -7,10 +7,10 @@ import pytest
 
 from mdgate.checks import evaluate as checks
 from mdgate.checks import metrics
+from mdgate.checks.verdict import decide
 from mdgate.config import Bound, Criteria
 from mdgate.md.batch import Failure, Trajectory
-from mdgate.results import Verdict
-from mdgate.runner import decide
+from mdgate.results import ModelInfo, ValidationResult, Verdict
 
 N_ATOMS = 10
 
@@ -174,6 +174,21 @@ def test_a_non_finite_stop_fails_finite() -> None:
     assert res.failure is not None and res.failure.value is None  # NaN is never written as a number
 
 
+def _decide(molecules, accuracy=None):
+    measured = ValidationResult(verdict=Verdict.ERROR, reason="", model=ModelInfo(source="m.pt"), criteria={},
+                                molecules=molecules, accuracy=accuracy)
+    return decide(measured)
+
+
+def test_a_rejection_counts_failed_checks_by_name() -> None:
+    bad = [checks.evaluate_trajectory(make_trajectory(np.full(101, -80.0), bond_dev_A=0.8), Criteria())
+           for _ in range(2)]
+    mols = [checks.summarize_molecule(name, "C2H6O", [r], 1000, N_ATOMS) for name, r in zip("ab", bad, strict=True)]
+    result = _decide(mols)
+    assert len(result.failures) == 2
+    assert result.reason.endswith("2 required checks failed (nve/max_bond_deviation_A ×2)")
+
+
 def test_an_informational_check_does_not_decide() -> None:
     crit = Criteria(max_bond_deviation_A=Bound(bound=0.5, required=False))
     res = checks.evaluate_trajectory(make_trajectory(np.full(101, -80.0), bond_dev_A=0.6), crit)
@@ -181,7 +196,7 @@ def test_an_informational_check_does_not_decide() -> None:
     assert by_name(res)["max_bond_deviation_A"].passed is False
     assert by_name(res)["max_bond_deviation_A"].required is False
     assert mol.passed is True
-    assert decide([mol], None)[0] == Verdict.APPROVED
+    assert _decide([mol]).verdict == Verdict.APPROVED
 
 
 def test_summary_keeps_the_worst_replica_and_rejects_when_one_fails() -> None:
@@ -193,10 +208,10 @@ def test_summary_keeps_the_worst_replica_and_rejects_when_one_fails() -> None:
     assert bond.value == pytest.approx(0.8)
     assert bond.passed is False
     assert mol.passed is False
-    verdict, reason, failed = decide([mol], None)
-    assert verdict == Verdict.REJECTED
-    assert failed == ["m: max_bond_deviation_A = 0.8 Å (bound <= 0.5; 1/2 replicas)"]
-    assert "max_bond_deviation_A" in reason
+    result = _decide([mol])
+    assert result.verdict == Verdict.REJECTED
+    assert result.failed_checks == ["m: max_bond_deviation_A = 0.8 Å (bound <= 0.5; 1/2 replicas)"]
+    assert "max_bond_deviation_A" in result.reason and result.decided_by == "nve/max_bond_deviation_A"
 
 
 # ---------------------------------------------------------------------------- evaluate_accuracy
@@ -232,6 +247,6 @@ def test_accuracy_against_another_level_of_theory_is_not_applicable_never_passed
         mol = checks.summarize_molecule(
             "m", "C2H6O", [checks.evaluate_trajectory(make_trajectory(np.full(101, -80.0)), Criteria())],
             1000, N_ATOMS)
-        verdict, reason, _ = decide([mol], acc)
-        assert verdict == Verdict.APPROVED
-        assert "force R²" not in reason  # an inapplicable R² is not quoted as a result
+        result = _decide([mol], acc)
+        assert result.verdict == Verdict.APPROVED
+        assert "force R²" not in result.reason  # an inapplicable R² is not quoted as a result
