@@ -20,7 +20,8 @@ from mdgate.potentials import ModelMeta
 from mdgate.potentials.spec import SPEC_FILE
 from mdgate.results import ValidationResult
 from registry import types as T
-from registry.client import Registry, translate_errors
+from registry.client import Registry
+from registry.connection import translate_errors
 from registry.errors import HostStorageError, RegistryError, TransientRegistryError
 from registry.types import Candidate, VersionInfo
 

@@ -8,21 +8,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from mdgate.errors import MetadataError, UnitMismatchError
+from mdgate.molecules import read_molecules, read_reference
 from mdgate.potentials import ModelMeta
-from mdgate.potentials.rundir import is_training_run, merge_meta, read_training_run
+from mdgate.potentials.rundir import TrainingRun, is_training_run, merge_meta, read_training_run
 from mdgate.potentials.schnetpack import SchnetpackPotential, count_parameters, find_cutoff_A, load_module
 from mdgate.potentials.spec import SPEC_FILE, WEIGHTS_FILE, is_state_dict_model
-from mdgate.potentials.unitcheck import UnitDiagnosis
+from mdgate.potentials.unitcheck import UnitDiagnosis, check_force_units
 from registry import types as T
 from registry.artifacts import file_sha256
-from registry.client import Registry, iso, to_info, translate_errors
+from registry.client import Registry
+from registry.connection import experiment_id, translate_errors
 from registry.errors import VersionNotFoundError
+from registry.text import iso
 from registry.types import Status, VersionInfo, utcnow
+from registry.versions import to_info
 
 REGISTRATION_EXPERIMENT = "mdgate-registrations"
 
@@ -95,10 +100,6 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
         UnitMismatchError: the forces are a known unit ratio off the reference.
         RegistryError: the registry could not be written.
     """
-    import mlflow.pytorch
-    import schnetpack
-    import torch
-
     path = Path(model_path)
     data = dict(meta or {})
     training = None
@@ -113,8 +114,32 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
     verify_units(path, m, reference)
     if parent and m.parent_n_parameters is None:
         m.parent_n_parameters = _registered_parent_parameters(registry, parent)
+    tags = _meta_tags(m, cutoff, module, path)
+    run_id = _log_model(registry, path, module, name, tags, training)
+    return _create_version(registry, name, run_id, tags, description)
+
+
+def _create_version(registry: Registry, name: str, run_id: str, tags: dict[str, str],
+                    description: str | None) -> VersionInfo:
+    """Register the ``model`` artifact of run ``run_id`` as a new Pending version of ``name``."""
+    with translate_errors(f"registering {name}"):
+        try:
+            registry.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        mv = registry.client.create_model_version(
+            name, source=f"runs:/{run_id}/model", run_id=run_id,
+            tags={**tags, T.STATUS: Status.PENDING.value, T.UPDATED_AT: iso(utcnow())},
+            description=description,
+        )
+    return to_info(mv)
+
+
+def _meta_tags(m: ModelMeta, cutoff_A: float, module: torch.nn.Module, path: Path) -> dict[str, str]:
+    """The ``mdgate.*`` metadata tags of a new version (and params of its registration run)."""
     tags = {
-        T.CUTOFF_A: f"{cutoff:g}", T.ENERGY_UNIT: m.energy_unit, T.POSITION_UNIT: m.position_unit,
+        T.CUTOFF_A: f"{cutoff_A:g}", T.ENERGY_UNIT: m.energy_unit, T.POSITION_UNIT: m.position_unit,
         T.ENERGY_KEY: m.energy_key, T.FORCES_KEY: m.forces_key,
         T.N_PARAMETERS: str(count_parameters(module)), T.MODEL_SHA256: model_sha256(path),
     }
@@ -124,6 +149,18 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
         tags[T.PARENT_N_PARAMETERS] = str(m.parent_n_parameters)
     if m.level_of_theory:
         tags[T.LEVEL_OF_THEORY] = m.level_of_theory
+    return tags
+
+
+def _log_model(registry: Registry, path: Path, module: torch.nn.Module, name: str, tags: dict[str, str],
+               training: TrainingRun | None) -> str:
+    """Log the model as the ``model`` artifact of a run of the registration experiment (with
+    ``tags`` as params, and the training config if any); return the run's id.
+    """
+    # Lazy: mlflow.pytorch and schnetpack take seconds to import, and only registering needs them.
+    import mlflow.pytorch
+    import schnetpack
+
     with tempfile.TemporaryDirectory(prefix="mdgate-register-") as tmp:
         local = Path(tmp) / "model"
         if is_state_dict_model(path):  # weights + spec: stored as they are, never re-pickled
@@ -137,10 +174,9 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"schnetpack=={schnetpack.__version__}"],
             )
+        exp_id = experiment_id(registry.conn, REGISTRATION_EXPERIMENT)
         with translate_errors(f"logging {path.name}"):
             client = registry.client
-            exp = client.get_experiment_by_name(REGISTRATION_EXPERIMENT)
-            exp_id = exp.experiment_id if exp else _create_experiment(registry, REGISTRATION_EXPERIMENT)
             run = client.create_run(exp_id, run_name=f"register/{name}", tags={"mdgate.model": name,
                                                                                "mdgate.file": path.name})
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in tags.items()])
@@ -149,18 +185,7 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
                 client.log_artifact(run.info.run_id, str(training.config_path), "training")
                 client.set_tag(run.info.run_id, "mdgate.training_config", "training/config.yaml")
             client.set_terminated(run.info.run_id)
-    with translate_errors(f"registering {name}"):
-        try:
-            registry.client.create_registered_model(name)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        mv = registry.client.create_model_version(
-            name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
-            tags={**tags, T.STATUS: Status.PENDING.value, T.UPDATED_AT: iso(utcnow())},
-            description=description,
-        )
-    return to_info(mv)
+    return run.info.run_id
 
 
 def verify_units(model_path: Path, meta: ModelMeta, reference: str | Path | None = None) -> UnitDiagnosis | None:
@@ -175,9 +200,6 @@ def verify_units(model_path: Path, meta: ModelMeta, reference: str | Path | None
     Raises:
         UnitMismatchError: the forces are a known unit ratio off the reference.
     """
-    from mdgate.molecules import read_molecules, read_reference
-    from mdgate.potentials.unitcheck import check_force_units
-
     try:
         potential = SchnetpackPotential(load_module(model_path), meta, "cpu")
         return check_force_units(potential, read_molecules(), read_reference(reference), meta.energy_unit)
@@ -208,13 +230,3 @@ def _registered_parent_parameters(registry: Registry, parent: str) -> int | None
         raise MetadataError(f"parent {parent} is not a registered model version") from e
     value = info.tags.get(T.N_PARAMETERS, "")
     return int(value) if value.isdigit() else None
-
-
-def _create_experiment(registry: Registry, name: str) -> str:
-    try:
-        return registry.client.create_experiment(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return registry.client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
-

@@ -25,6 +25,7 @@ from mdgate.runner import assemble, error_result
 from registry import LeaseLostError, Registry, Status, TransientRegistryError, VersionNotFoundError
 from registry import types as T
 from registry.artifacts import fetch_candidate
+from registry.claims import take_lock
 from registry.register import register_potential
 from tests.integration import ModelFile
 from tests.models import build_painn
@@ -136,7 +137,7 @@ def test_a_run_adopts_the_claim_its_trigger_is_still_writing(registry: Registry,
     """
     name = unique()
     version = plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
-    assert registry._take_lock(name, version, 1)  # the trigger, mid-claim
+    assert take_lock(registry.conn, name, version, 1)  # the trigger, mid-claim
 
     def trigger_writes() -> None:
         time.sleep(1.0)
@@ -167,7 +168,7 @@ def test_a_run_adopts_its_claim_when_it_reads_between_the_triggers_writes(regist
     """
     name = unique()
     version = plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
-    assert registry._take_lock(name, version, 1)  # the trigger, mid-claim
+    assert take_lock(registry.conn, name, version, 1)  # the trigger, mid-claim
     registry.set_tags(name, version, {"mdgate.lease_expires_at": "2999-01-01T00:00:00+00:00",
                                       "mdgate.status": Status.RUNNING.value})
 
