@@ -252,6 +252,42 @@ def test_publish_stores_report_then_status_and_moves_alias(registry: Registry, b
         registry.publish(stale, approved, tmp_path / "a", "sha")
 
 
+class RecordingRegistry(Registry):
+    """A registry that records every tag write it is asked for, as the scale-out and fault tests
+    replace :meth:`Registry.set_tags` to pause or crash a gate between writes.
+    """
+
+    def __init__(self, tracking_uri: str):
+        super().__init__(tracking_uri)
+        self.writes: list[dict[str, str]] = []
+
+    def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Record the write, then do it."""
+        self.writes.append(dict(tags))
+        super().set_tags(name, version, tags)
+
+
+def test_claims_publications_and_reviews_write_tags_through_set_tags(registry: Registry, bad_model: ModelFile,
+                                                                     tmp_path: Path) -> None:
+    name = unique()
+    version = plain_version(registry, name, {"model.pt": bad_model.path.read_bytes()})
+    recording = RecordingRegistry(registry.tracking_uri)
+    claim = recording.claim(name, version, lease_s=600, flow_run="fr").claim
+    assert claim is not None
+    claim = recording.renew(claim)
+    result = approved_result()
+    write_report(result, tmp_path)
+    recording.publish(claim, result, tmp_path, "sha")
+    recording.review(name, version, approve=False, reason="looks wrong", by="ana")
+    statuses = [w[T.STATUS] for w in recording.writes if T.STATUS in w]
+    assert statuses == ["Running", "Approved", "Rejected"]
+    # the claim's tags in one write, in the order readers rely on (claims.py); the status alone, last
+    assert list(recording.writes[0])[-3:] == [T.STATUS, T.CLAIM, T.FLOW_RUN]
+    assert list(recording.writes[1]) == [T.LEASE_EXPIRES_AT]  # the renewal
+    assert [w for w in recording.writes if T.STATUS in w][1] == {T.STATUS: "Approved"}
+    assert registry.get_version(name, version).status == Status.REJECTED
+
+
 def test_fetch_missing_corrupt_and_plain_artifacts(registry: Registry, bad_model: ModelFile,
                                                    tmp_path: Path) -> None:
     name = unique()
