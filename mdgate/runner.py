@@ -409,8 +409,8 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
                                      config.stress.model_dump(mode="json", exclude={"criteria"}), skipped)
     accuracy = None
     t_acc = time.perf_counter()
-    if inputs.reference is not None:
-        accuracy = stage("accuracy", lambda: run_accuracy(pot, inputs.reference, config, meta.level_of_theory))
+    if (reference := inputs.reference) is not None:
+        accuracy = stage("accuracy", lambda: run_accuracy(pot, reference, config, meta.level_of_theory))
         stages[Stage.ACCURACY] = StageResult(stage=Stage.ACCURACY, ran=True, required=True, checks=accuracy.checks,
                                              passed=all(c.passed is not False for c in accuracy.checks if c.required))
     timing.accuracy_s = time.perf_counter() - t_acc

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from mdgate.checks.metrics import TRAJECTORY_METRICS, energy_metrics, force_accuracy
 from mdgate.checks.table import CHECKS, live_checks
@@ -35,6 +36,11 @@ def check(name: str, value: float | None, spec: Bound, *, required: bool = True,
     return CheckResult(name=name, value=value, unit=table.unit, bound=spec.bound, comparison=table.comparison,
                        passed=passed, required=required and spec.required and spec.bound is not None,
                        step=step, time_ps=time_ps, note=note)
+
+
+def check_names(criteria: BaseModel) -> list[str]:
+    """The checks a stage's criteria hold, in their order."""
+    return list(type(criteria).model_fields)
 
 
 def enabled(criteria: Any, name: str) -> Bound | None:
@@ -217,7 +223,7 @@ def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], s
                                   "max": float(v.max()), "n": float(v.size)}
     summary: dict[str, float | None] = {}
     for key in replicas[0].metrics:
-        vals = [r.metrics.get(key) for r in replicas if r.metrics.get(key) is not None]
+        vals = [x for r in replicas if (x := r.metrics.get(key)) is not None]
         summary[key] = float(np.mean(vals)) if vals else None
     passed = all(c.passed is not False for c in checks if c.required)
     return MoleculeResult(name=name, formula=formula, n_atoms=n_atoms, steps_asked=steps_asked,

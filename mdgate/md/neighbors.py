@@ -52,7 +52,7 @@ class NeighborList:
         self.cutoff_A = cutoff_A
         self.skin_A = skin_A
         self._cand = torch.stack([self.cand_i, self.cand_j])
-        self._reach2 = None if cutoff_A is None else (cutoff_A + skin_A) ** 2
+        self._reach2 = float("inf") if cutoff_A is None else (cutoff_A + skin_A) ** 2
         self.n_builds = 0
         self._ref: torch.Tensor | None = None
         self._pairs = (self.cand_i, self.cand_j)

@@ -248,11 +248,11 @@ def _analysis(result: ValidationResult, add) -> None:
             add("")
             add("Informational checks outside their bounds (they do not decide the verdict): "
                 + ", ".join(sorted({c.name for c in info})) + ".")
-    for name, where in failing.items():
+    for name, places in failing.items():
         add(f"### {name}")
         add("")
         meaning = CHECKS[name].meaning if name in CHECKS else "see the check definition"
-        add(f"Failed on: {', '.join(where)}. Meaning: {meaning}.")
+        add(f"Failed on: {', '.join(places)}. Meaning: {meaning}.")
         add("")
     add("")
     add("## Recommendations")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from ase.optimize import BFGS
 
-from mdgate.checks.evaluate import check, enabled
+from mdgate.checks.evaluate import check, check_names, enabled
 from mdgate.checks.table import CHECKS
 from mdgate.config import SanitySettings
 from mdgate.molecules import Molecule
@@ -165,10 +165,10 @@ def run_sanity(potential: Potential, molecules: list[Molecule],
             checks[mol.name] = [CheckResult(name=name, value=None, unit=CHECKS[name].unit, bound=b.bound,
                                             comparison=CHECKS[name].comparison, passed=None, required=False,
                                             note=f"not measured: {e}; judged by the MD stages' finite check")
-                                for name in type(settings.criteria).model_fields
+                                for name in check_names(settings.criteria)
                                 if (b := enabled(settings.criteria, name)) is not None]
             continue
         checks[mol.name] = [check(name, figures[mol.name].get(name), b, required=settings.required)
-                            for name in type(settings.criteria).model_fields
+                            for name in check_names(settings.criteria)
                             if (b := enabled(settings.criteria, name)) is not None]
     return figures, checks
