@@ -22,6 +22,7 @@ import torch
 
 from mdgate import __version__
 from mdgate.checks.evaluate import evaluate_accuracy, evaluate_trajectory, summarize_molecule
+from mdgate.checks.inputs import check_cutoff
 from mdgate.checks.table import Stage, live_checks
 from mdgate.checks.verdict import decide, md_stage_result, stage_result
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
@@ -31,7 +32,7 @@ from mdgate.md.neighbors import all_pairs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.predict import predict_atoms
-from mdgate.potentials.schnetpack import SchnetpackPotential, load_potential
+from mdgate.potentials.schnetpack import SchnetpackPotential, find_cutoff_A, load_potential
 from mdgate.results import (
     AccuracyResult,
     ModelInfo,
@@ -80,6 +81,8 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
         reference = read_reference(config.reference)
         check_reference_matches(molecules, reference)
     potential = load_potential(model, meta, device or config.md.device.value)
+    declared = (meta or potential.meta).cutoff_A
+    check_cutoff(declared, find_cutoff_A(potential.model, potential.meta.position_unit), potential.meta.position_unit)
     check_potential(potential, molecules)
     from mdgate.potentials.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
     check_force_units(potential, molecules, reference, potential.meta.energy_unit)

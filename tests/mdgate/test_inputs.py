@@ -1,0 +1,29 @@
+"""Input checks shared by ``mdgate validate`` and the gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from mdgate.checks.inputs import check_cutoff
+from mdgate.config import GateConfig
+from mdgate.errors import MetadataError
+from mdgate.potentials import ModelMeta
+from mdgate.runner import load_inputs
+from tests.models import quick
+
+
+def test_cutoff_declared_or_read_and_they_must_agree() -> None:
+    assert check_cutoff(5.0, None, "Angstrom") == 5.0
+    assert check_cutoff(None, 4.0, "Angstrom") == 4.0
+    assert check_cutoff(5.0, 5.0, "Angstrom") == 5.0
+    with pytest.raises(MetadataError, match="contradictory metadata: mdgate.cutoff_A = 5 Å but the model's own"):
+        check_cutoff(5.0, 2.6458, "Bohr")
+    with pytest.raises(MetadataError, match="no cutoff"):
+        check_cutoff(None, None, "Angstrom")
+
+
+def test_validate_checks_the_cutoff_as_the_gate_does(repo_root) -> None:
+    """A declared cutoff that contradicts the model's own is an Error before any stage runs."""
+    config = GateConfig.model_validate(quick({}))
+    with pytest.raises(MetadataError, match="contradictory metadata"):
+        load_inputs(repo_root / "examples/models/student_20x.pt", config, ModelMeta(cutoff_A=1.5))
