@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
 from mdgate.config import GateConfig  # noqa: E402
-from mdgate.md.batch import maxwell_boltzmann, replica_seed, run_nve  # noqa: E402
+from mdgate.md.batch import run_nve  # noqa: E402
+from mdgate.md.initial import maxwell_boltzmann, replica_seed  # noqa: E402
 from mdgate.md.neighbors import all_pairs  # noqa: E402
 from mdgate.molecules import Molecule, read_molecules  # noqa: E402
 from mdgate.potentials import ModelMeta  # noqa: E402

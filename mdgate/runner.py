@@ -27,8 +27,9 @@ from mdgate.checks.table import Stage, live_checks
 from mdgate.checks.verdict import decide, md_stage_result, stage_result
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
-from mdgate.md.batch import Ramp, StopLimits, Trajectory, nve_specs, run_batch, stress_specs
+from mdgate.md.batch import run_batch
 from mdgate.md.neighbors import all_pairs
+from mdgate.md.trajectory import Ramp, StopLimits, Trajectory, nve_specs, stress_specs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.predict import predict_atoms

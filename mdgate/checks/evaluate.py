@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from mdgate.checks.metrics import TRAJECTORY_METRICS, energy_metrics, force_accuracy
 from mdgate.checks.table import CHECKS, live_checks
 from mdgate.config import Bound
-from mdgate.md.batch import Trajectory
+from mdgate.md.trajectory import Trajectory
 from mdgate.results import AccuracyResult, CheckResult, FailureInfo, MoleculeResult, ReplicaResult
 
 # -------------------------------------------------------------------------------- evaluation

@@ -8,13 +8,10 @@ than by a live MD observer) to the function computing its value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # only for annotations: the MD package imports the checks table, not this module
-    from mdgate.md.batch import Trajectory
-
+from mdgate.md.trajectory import Trajectory
 
 
 def drift_slope_meV_per_atom_per_ps(time_ps: np.ndarray, e_tot_eV: np.ndarray, n_atoms: int) -> float:

@@ -39,7 +39,7 @@ PLUGIN = textwrap.dedent('''
     # ---
 
     from mdgate.config import GateConfig
-    from mdgate.md.batch import StopLimits
+    from mdgate.md.trajectory import StopLimits
     from mdgate.molecules import Molecule
     from mdgate.potentials import ModelMeta
     from mdgate.report.markdown import render_markdown

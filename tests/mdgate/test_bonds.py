@@ -7,7 +7,7 @@ import pytest
 from ase.build import molecule
 from ase.neighborlist import natural_cutoffs, neighbor_list
 
-from mdgate.md.batch import BOND_CUTOFF_MULT, find_bonds
+from mdgate.md.initial import BOND_CUTOFF_MULT, find_bonds
 from mdgate.molecules import Molecule
 
 

@@ -9,7 +9,7 @@ from mdgate.checks import evaluate as checks
 from mdgate.checks import metrics
 from mdgate.checks.verdict import decide
 from mdgate.config import Bound, Criteria
-from mdgate.md.batch import Failure, Trajectory
+from mdgate.md.trajectory import Failure, Trajectory
 from mdgate.results import ModelInfo, ValidationResult, Verdict
 
 N_ATOMS = 10

@@ -11,7 +11,8 @@ from ase import units
 from ase.md.verlet import VelocityVerlet
 
 from mdgate.checks.metrics import drift_slope_meV_per_atom_per_ps
-from mdgate.md.batch import maxwell_boltzmann, replica_seed, run_nve
+from mdgate.md.batch import run_nve
+from mdgate.md.initial import maxwell_boltzmann, replica_seed
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from tests.conftest import GOOD_MODEL

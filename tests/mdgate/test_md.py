@@ -12,7 +12,9 @@ from ase.md.verlet import VelocityVerlet
 from mdgate import units
 from mdgate.checks.evaluate import evaluate_trajectory
 from mdgate.config import GateConfig
-from mdgate.md.batch import StopLimits, Trajectory, degrees_of_freedom, maxwell_boltzmann, replica_seed, run_nve
+from mdgate.md.batch import run_nve
+from mdgate.md.initial import degrees_of_freedom, maxwell_boltzmann, replica_seed
+from mdgate.md.trajectory import StopLimits, Trajectory
 from mdgate.molecules import Molecule
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import md_limits, run_md, split_lanes

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mdgate.config import parse_config
-from mdgate.md.batch import Ramp, StopLimits, nve_specs, run_batch, run_stress, stress_specs
+from mdgate.md.batch import run_batch, run_stress
+from mdgate.md.trajectory import Ramp, StopLimits, nve_specs, stress_specs
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_module

@@ -10,7 +10,7 @@ import torch
 from mdgate.checks.evaluate import evaluate_trajectory
 from mdgate.checks.metrics import drift_slope_meV_per_atom_per_ps, drift_slope_stderr_meV_per_atom_per_ps
 from mdgate.config import Criteria, GateConfig
-from mdgate.md.batch import Trajectory
+from mdgate.md.trajectory import Trajectory
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
 from mdgate.runner import compile_step, run_md
