@@ -1,10 +1,13 @@
 """The MLflow model registry adapter: versions, the status lifecycle, validation runs.
 
-Returns mdgate's own types (:mod:`registry.types`) and raises :mod:`registry.errors`.
-Never imports prefect.
+Modules of functions over one :class:`~registry.connection.Connection` (versions, claims,
+publishing, aliases, reviews, audit, webhooks), put together by the facade :class:`Registry`;
+:mod:`registry.artifacts` and :mod:`registry.register` work through the facade. Returns mdgate's
+own types (:mod:`registry.types`) and raises :mod:`registry.errors`. Never imports prefect.
 """
 
 from registry.client import Registry
+from registry.connection import Connection, connect
 from registry.errors import (
     LeaseLostError,
     PermanentRegistryError,
@@ -18,6 +21,7 @@ __all__ = [
     "Candidate",
     "Claim",
     "ClaimOutcome",
+    "Connection",
     "LeaseLostError",
     "PermanentRegistryError",
     "Publication",
@@ -27,4 +31,5 @@ __all__ = [
     "TransientRegistryError",
     "VersionInfo",
     "VersionNotFoundError",
+    "connect",
 ]
