@@ -34,7 +34,9 @@ warnings.filterwarnings("ignore")
 
 from mdgate.config import GateConfig  # noqa: E402
 from mdgate.potentials import ModelMeta  # noqa: E402
-from mdgate.runner import configure_threads, load_inputs, run_accuracy, run_md  # noqa: E402
+from mdgate.runner import configure_threads, load_inputs  # noqa: E402
+from mdgate.stages.accuracy import run_accuracy  # noqa: E402
+from mdgate.stages.md import run_md  # noqa: E402
 
 
 def main() -> None:

@@ -7,12 +7,12 @@ of molecules as a batch (the default gate: ``MDGATE_MD_BATCH=lanes``), side by s
 
 Both modes run what the gate flow runs for MD (``flows.gate.run_molecules`` minus Prefect's
 bookkeeping, which is the same in both): every molecule of the packaged set as one task
-(``mdgate.runner.run_md``: NVE and the heat-stress ramp batched, one replica each, the demo's
+(``mdgate.stages.md.run_md``: NVE and the heat-stress ramp batched, one replica each, the demo's
 profile shortened to ``--steps`` per stage), ``--parallel`` tasks at a time, each with
 ``cores // parallel`` torch threads. ``threads``: a thread pool in this process; ``processes``:
 ``flows.md_processes.MDProcessPool`` (its start-up, the workers' imports and the potential's
 unpickling, is timed separately and included in the ratio); ``lanes``: the same pool, the
-molecules split into ``--parallel`` batches of about equal atoms (``mdgate.runner.split_lanes``),
+molecules split into ``--parallel`` batches of about equal atoms (``mdgate.stages.md.split_lanes``),
 one task each. The modes alternate, ``--repeat`` times. Prints a Markdown table and one JSON line;
 writes both to ``--out`` (``md_processes_cpu.md``/``.json``, ``md_processes_cpu_<model>.*`` for
 another model than the teacher).
@@ -42,7 +42,8 @@ warnings.filterwarnings("ignore")
 from flows.md_processes import MDProcessPool  # noqa: E402
 from mdgate.config import GateConfig  # noqa: E402
 from mdgate.potentials import ModelMeta  # noqa: E402
-from mdgate.runner import configure_threads, load_inputs, run_md, split_lanes  # noqa: E402
+from mdgate.runner import configure_threads, load_inputs  # noqa: E402
+from mdgate.stages.md import run_md, split_lanes  # noqa: E402
 
 
 def config_for(steps: int) -> GateConfig:

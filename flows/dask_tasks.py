@@ -102,7 +102,7 @@ class ProgressReporter:
         self.__init__(state["task_key"], state["every_s"])  # type: ignore[misc]
 
     def __call__(self, molecule: str, step: int, n_steps: int, running: bool) -> None:
-        """``mdgate.runner.ProgressFn``."""
+        """``mdgate.stages.md.ProgressFn``."""
         now = time.monotonic()
         if running and now - self._last.get(molecule, float("-inf")) < self.every_s:
             return

@@ -170,7 +170,7 @@ class MDAbortedError(MdgateError):
 def md_molecules(potential: Any, molecules: list[Molecule], config: GateConfig, threads: int, timeout_s: float,
                  progress: GateProgress | None, abort: threading.Event, pool: Any = None) -> list[Any]:
     """The MD stages (NVE and heat stress) of a lane of molecules, all their replicas in one
-    batch (``mdgate.runner.run_md``); returns one ``MoleculeRun`` per molecule. With a ``pool``
+    batch (``mdgate.stages.md.run_md``); returns one ``MoleculeRun`` per molecule. With a ``pool``
     (:class:`flows.md_processes.MDProcessPool`) the MD runs in one of its worker processes and
     this task waits for it.
 
@@ -180,7 +180,8 @@ def md_molecules(potential: Any, molecules: list[Molecule], config: GateConfig, 
     import os
     import socket
 
-    from mdgate.runner import configure_threads, run_md
+    from mdgate.runner import configure_threads
+    from mdgate.stages.md import run_md
 
     configure_threads(threads)
     deadline = time.monotonic() + timeout_s
@@ -465,7 +466,7 @@ def md_batches(settings: Settings, molecules: list[Molecule]) -> list[list[Molec
     """The gate's MD tasks, each a batch of molecules: ``md_parallel`` lanes of about equal atoms
     (``md_batch=lanes``), or one molecule each, largest first (``md_batch=molecule``).
     """
-    from mdgate.runner import split_lanes
+    from mdgate.stages.md import split_lanes
 
     if settings.md_batch == "lanes":
         return split_lanes(molecules, settings.md_parallel)

@@ -89,7 +89,7 @@ def _warm() -> int:
 
 
 def _run_molecules(molecules: list[Any], config: Any) -> list[Any]:
-    from mdgate.runner import run_md
+    from mdgate.stages.md import run_md
 
     last: dict[str, float] = {}
 

@@ -46,7 +46,7 @@ class GateProgress:
         return 100.0 * sum(self.done.values()) / self.total
 
     def __call__(self, molecule: str, step: int, n_steps: int, running: bool) -> None:
-        """The engine's progress callback (``mdgate.runner.ProgressFn``)."""
+        """The engine's progress callback (``mdgate.stages.md.ProgressFn``)."""
         now = time.monotonic()
         with self._lock:
             # A trajectory stopped early (a failed check) is finished: count its steps as done.

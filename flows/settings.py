@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     with one thread each beat one task with two threads)."""
     md_batch: Literal["lanes", "molecule"] = "lanes"
     """How a gate's MD is cut into tasks: ``lanes`` (the default) splits the molecules into
-    ``md_parallel`` batches of about equal atoms (``mdgate.runner.split_lanes``), one task
+    ``md_parallel`` batches of about equal atoms (``mdgate.stages.md.split_lanes``), one task
     ``md-<molecule>+<molecule>...`` each, all of a lane's molecules advanced by one model call per
     step; ``molecule`` runs one task ``md-<molecule>`` per molecule, largest first, at most
     ``md_parallel`` at a time. Lanes pay the per-step Python work and small-matrix overhead once

@@ -311,7 +311,7 @@ def _handles(potential: Potential, atoms: Atoms) -> bool:
 
 def _evaluate(potential: Potential, frames: list[Atoms]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Energies (eV) and per-frame forces (eV/Å) of ``frames`` in one batched call, with the
-    pairs within the cutoff (as :func:`mdgate.runner.run_accuracy` builds them).
+    pairs within the cutoff (as :func:`mdgate.stages.accuracy.run_accuracy` builds them).
     """
     dev = potential.device
     numbers = torch.as_tensor(np.concatenate([a.numbers for a in frames]), device=dev)

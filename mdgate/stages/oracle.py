@@ -10,16 +10,21 @@ candidate's own MD (both MD stages), where a test set made at equilibrium never 
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 
-from mdgate.config import OracleKind, OracleSettings
+from mdgate.checks.evaluate import check, enabled
+from mdgate.checks.table import Stage
+from mdgate.checks.verdict import stage_result
+from mdgate.config import GateConfig, OracleKind, OracleSettings
 from mdgate.errors import ConfigError, MdgateError
 from mdgate.potentials import Potential
 from mdgate.potentials.predict import predict
+from mdgate.results import StageResult
 
 #: A frame: (stage, molecule, atomic numbers [n], positions [n, 3] Å).
 Frame = tuple[str, str, np.ndarray, np.ndarray]
@@ -123,3 +128,33 @@ def evaluate_oracle(oracle: Oracle, candidate: Potential, frames: list[Frame]) -
         groups.setdefault(f"stage:{stage}", []).append(i)
     return {"overall": figures(list(range(len(used)))), "groups": {g: figures(s) for g, s in groups.items()},
             "n_failed": len(frames) - len(ok), "failures": oracle.failures[:5]}
+
+
+def run_oracle_stage(potential: Potential, frames: list[Frame], config: GateConfig,
+                     model_level: str | None, parent: Potential | None = None,
+                     parent_level: str | None = None) -> StageResult:
+    """On-trajectory accuracy: the oracle's forces on frames of the candidate's own MD."""
+    st = config.oracle
+    t0 = time.perf_counter()
+    oracle = make_oracle(st, parent, parent_level)
+    settings = st.model_dump(mode="json", exclude={"criteria"})
+    if not frames:
+        return StageResult(stage=Stage.ORACLE, ran=False, required=st.required, note="no frames to judge",
+                           oracle=oracle.name, settings=settings)
+    res = evaluate_oracle(oracle, potential, frames)
+    overall = res["overall"]
+    note = f"{int(overall['n_frames'])} frames from the candidate's own NVE and stress trajectories"
+    if res["n_failed"]:
+        note += f"; the oracle failed on {res['n_failed']} frames ({'; '.join(res['failures'][:2])})"
+    applicable = not (st.kind != OracleKind.PARENT and model_level and oracle.level_of_theory
+                      and model_level.lower() != oracle.level_of_theory.lower())
+    checks = [check(name, overall[key], b, required=st.required) for name, key in (
+        ("min_force_r2", "force_r2"), ("force_mae_eV_per_A", "force_mae_eV_per_A"))
+        if (b := enabled(st.criteria, name)) is not None]
+    if not applicable:
+        note = f"model trained on {model_level}, oracle computes {oracle.level_of_theory}: not comparable; " + note
+        checks = [c.model_copy(update={"passed": None, "required": False, "note": "not applicable"}) for c in checks]
+    per = {g: {k: v for k, v in m.items()} for g, m in res["groups"].items()}
+    per["all"] = dict(overall)
+    return stage_result(Stage.ORACLE, st.required, [checks], time.perf_counter() - t0, settings=settings,
+                  per_molecule=per, note=note, oracle=oracle.name)

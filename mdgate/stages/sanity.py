@@ -20,16 +20,19 @@ first step, with the step recorded, as before this stage existed.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from ase.optimize import BFGS
 
 from mdgate.checks.evaluate import check, check_names, enabled
-from mdgate.checks.table import CHECKS
-from mdgate.config import SanitySettings
+from mdgate.checks.table import CHECKS, Stage
+from mdgate.checks.verdict import stage_result
+from mdgate.config import GateConfig, SanitySettings
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
 from mdgate.potentials.predict import PotentialCalculator, predict
-from mdgate.results import CheckResult
+from mdgate.results import CheckResult, StageResult
 
 #: Rattle (Å, standard deviation) of the geometry the invariance and consistency checks use.
 RATTLE_A = 0.05
@@ -172,3 +175,13 @@ def run_sanity(potential: Potential, molecules: list[Molecule],
                             for name in check_names(settings.criteria)
                             if (b := enabled(settings.criteria, name)) is not None]
     return figures, checks
+
+
+def run_sanity_stage(potential: Potential, molecules: list[Molecule], config: GateConfig) -> StageResult:
+    """The sanity stage (``mdgate.stages.sanity``) as a stage result."""
+    st = config.sanity
+    t0 = time.perf_counter()
+    figures, checks = run_sanity(potential, molecules, st)
+    return stage_result(Stage.SANITY, st.required, list(checks.values()), time.perf_counter() - t0,
+                  settings=st.model_dump(mode="json", exclude={"criteria"}), per_molecule=figures,
+                  by_molecule=checks)

@@ -150,7 +150,7 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
             assert time.monotonic() < deadline, "the lease was not released after the verdict"
             time.sleep(0.5)
     assert f"mdgate verdict: {gated.good.status.value}" in gated.good.description
-    assert "| molecule |" in gated.good.description and "[Validation run](" in gated.good.description
+    assert "| Molecule |" in gated.good.description and "[Validation run](" in gated.good.description
     # the validation run: report artifacts and per-molecule metrics
     client = registry.client
     run = client.get_run(gated.good.validation_run)

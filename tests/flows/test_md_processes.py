@@ -19,7 +19,7 @@ from mdgate.config import parse_config
 from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import run_md
+from mdgate.stages.md import run_md
 from tests.models import quick
 
 

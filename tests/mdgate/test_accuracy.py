@@ -19,7 +19,8 @@ from mdgate.errors import MoleculeSetError
 from mdgate.molecules import check_reference_matches, read_molecules, read_reference
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import run_accuracy, validate
+from mdgate.runner import validate
+from mdgate.stages.accuracy import run_accuracy
 from tests.models import QUICK_STAGES
 
 

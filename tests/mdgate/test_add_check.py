@@ -44,7 +44,8 @@ PLUGIN = textwrap.dedent('''
     from mdgate.potentials import ModelMeta
     from mdgate.report.markdown import render_markdown
     from mdgate.results import Timing
-    from mdgate.runner import assemble, md_limits, model_info, run_md
+    from mdgate.runner import assemble, model_info
+    from mdgate.stages.md import md_limits, run_md
     from registry.summary import summary_markdown, verdict_tags
     from tests.models import MorsePairPotential, quick, tetrahedron
 

@@ -19,7 +19,8 @@ from mdgate.molecules import Molecule, ReferenceSet, read_reference
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_module, load_potential
 from mdgate.results import ValidationResult, Verdict
-from mdgate.runner import run_accuracy, validate
+from mdgate.runner import validate
+from mdgate.stages.accuracy import run_accuracy
 from tests.models import MODEL_META, QUICK_STAGES, NonConservativeModel, save_model
 
 #: Short MD for the default suite: 0.2 ps, energies recorded every 1 fs.

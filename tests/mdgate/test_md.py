@@ -17,7 +17,7 @@ from mdgate.md.initial import degrees_of_freedom, maxwell_boltzmann, replica_see
 from mdgate.md.trajectory import StopLimits, Trajectory
 from mdgate.molecules import Molecule
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import md_limits, run_md, split_lanes
+from mdgate.stages.md import md_limits, run_md, split_lanes
 from tests.models import MorsePairPotential, tetrahedron, triangle
 
 MORSE = {"epsilon_eV": 0.5, "rho0": 4.0, "r0_A": 1.5}

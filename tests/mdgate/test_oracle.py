@@ -11,8 +11,7 @@ from mdgate.config import GateConfig
 from mdgate.errors import ConfigError
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import run_oracle_stage
-from mdgate.stages.oracle import make_oracle, pick_frames
+from mdgate.stages.oracle import make_oracle, pick_frames, run_oracle_stage
 
 
 def frames_of(molecules, n: int = 2, rattle_A: float = 0.05):

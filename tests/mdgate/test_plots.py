@@ -17,7 +17,8 @@ from mdgate.potentials import ModelMeta
 from mdgate.report import plots
 from mdgate.report.markdown import write_report
 from mdgate.results import Timing
-from mdgate.runner import assemble, model_info, run_md
+from mdgate.runner import assemble, model_info
+from mdgate.stages.md import run_md
 from tests.models import MorsePairPotential, quick, tetrahedron
 
 pytestmark = pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(),

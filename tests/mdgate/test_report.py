@@ -17,7 +17,8 @@ from mdgate.molecules import Molecule
 from mdgate.potentials import ModelMeta
 from mdgate.report.markdown import write_report
 from mdgate.results import Timing, Verdict
-from mdgate.runner import assemble, error_result, model_info, run_md, validate
+from mdgate.runner import assemble, error_result, model_info, validate
+from mdgate.stages.md import run_md
 from tests.models import QUICK_STAGES, MorsePairPotential, quick, tetrahedron
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

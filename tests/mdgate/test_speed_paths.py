@@ -13,7 +13,7 @@ from mdgate.config import Criteria, GateConfig
 from mdgate.md.trajectory import Trajectory
 from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_potential
-from mdgate.runner import compile_step, run_md
+from mdgate.stages.md import compile_step, run_md
 from tests.models import quick
 
 
