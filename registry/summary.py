@@ -27,7 +27,7 @@ def summary_markdown(result: ValidationResult) -> str:
         lines += [*table, ""]
     if result.failures:
         lines.append(f"{len(result.failures)} required check(s) failed:")
-        lines += [f"- {f.stage}: {f.line()}" for f in result.failures[:MAX_FAILURE_LINES]]
+        lines += [f"- {f.line()}" for f in result.failures[:MAX_FAILURE_LINES]]
         if len(result.failures) > MAX_FAILURE_LINES:
             lines.append(f"- … and {len(result.failures) - MAX_FAILURE_LINES} more (see the report)")
         lines.append("")

@@ -83,7 +83,8 @@ def check_rows(result: ValidationResult) -> list[dict[str, Any]]:
 
 def _stage_cell(checks: list[CheckResult]) -> str:
     """A molecule's result in one stage: PASS, or FAIL with the failing required checks."""
-    failed = [c for c in checks if c.required and c.passed is False]
+    # The detector that stopped a trajectory first, the completion it cut short last.
+    failed = sorted((c for c in checks if c.required and c.passed is False), key=lambda c: c.name == "completion")
     if not failed:
         return "PASS" if any(c.passed for c in checks) else "-"
     at = next((c.time_ps for c in failed if c.time_ps is not None), None)
