@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -81,33 +81,18 @@ def validate(
     The declared energy unit is verified against the reference forces before MD: a model whose forces
     are a known unit ratio off (e.g. 23.06x: kcal/mol declared as eV) is an error naming the unit.
     """
-    from mdgate.config import load_config, parse_config
-    from mdgate.potentials import ModelMeta
+    # The engine (torch, schnetpack) is imported when the command runs: `mdgate --help` stays fast.
     from mdgate.report.markdown import write_report
     from mdgate.results import Verdict
     from mdgate.runner import error_result
     from mdgate.runner import validate as run_validate
 
+    overrides = {"energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
+                 "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
+                 "parent_n_parameters": parent_params}
     try:
-        cfg = load_config(config)
-        updates = {k: v for k, v in (("molecules", molecules), ("reference", reference)) if v is not None}
-        if updates or n_steps is not None:
-            data = cfg.model_dump(mode="json")
-            data.update({k: str(v) for k, v in updates.items()})
-            if n_steps is not None:
-                data["md"]["n_steps"] = n_steps
-            cfg = parse_config(data, str(config or "command line"))
-        meta_data = read_meta_file(model, meta_file)
-        sources = {k: f"the metadata file {meta_file or 'beside the model'}" for k in meta_data}
-        overrides = {
-            "energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
-            "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
-            "parent_n_parameters": parent_params,
-        }
-        meta_data.update({k: v for k, v in overrides.items() if v is not None})
-        sources.update({k: _OPTION[k] for k, v in overrides.items() if v is not None})
-        model, meta_data = _training_run_meta(model, meta_data, sources)
-        meta = ModelMeta.model_validate(meta_data)
+        cfg = _gate_config(config, molecules, reference, n_steps)
+        model, meta = _model_meta(model, meta_file, overrides)
     except MdgateError as e:
         if traceback:
             raise
@@ -131,6 +116,36 @@ def validate(
                f"{result.timing.ms_per_step or 0:.2f} ms/step on {result.timing.device}, "
                f"{result.timing.model_call} model)")
     raise typer.Exit(EXIT_APPROVED if verdict == Verdict.APPROVED else EXIT_REJECTED)
+
+
+def _gate_config(config: Path | None, molecules: Path | None, reference: Path | None, n_steps: int | None) -> Any:
+    """The gate config from ``config`` (or the defaults) with the command line's overrides."""
+    from mdgate.config import load_config, parse_config
+
+    cfg = load_config(config)
+    updates = {k: v for k, v in (("molecules", molecules), ("reference", reference)) if v is not None}
+    if not updates and n_steps is None:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    data.update({k: str(v) for k, v in updates.items()})
+    if n_steps is not None:
+        data["md"]["n_steps"] = n_steps
+    return parse_config(data, str(config or "command line"))
+
+
+def _model_meta(model: Path, meta_file: Path | None, overrides: dict[str, Any]) -> tuple[Path, Any]:
+    """The model file and its metadata: the metadata file, then the options, then a training run's
+    own config, each source named in errors.
+    """
+    from mdgate.potentials import ModelMeta
+
+    meta_data = read_meta_file(model, meta_file)
+    sources = {k: f"the metadata file {meta_file or 'beside the model'}" for k in meta_data}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    meta_data.update(given)
+    sources.update({k: _OPTION[k] for k in given})
+    model, meta_data = _training_run_meta(model, meta_data, sources)
+    return model, ModelMeta.model_validate(meta_data)
 
 
 class _progress:
