@@ -144,12 +144,9 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
         One :class:`Trajectory` per spec, in order.
     """
     dev, n_max = potential.device, max(sp.n_steps for sp in specs)
-    trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), 0, sp.n_steps, timestep_fs,
-                        sp.stage) for sp in specs]
     batch, pos, vel, masses = _setup(specs, dev)
-    for tr, dof in zip(trajs, batch.dof.tolist(), strict=True):
-        tr.dof = int(dof)
-    f64 = torch.float64
+    trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), int(dof), sp.n_steps, timestep_fs,
+                        sp.stage) for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
     sysi = torch.as_tensor(np.repeat(np.arange(len(specs)), batch.n_atoms.long().cpu().numpy()), device=dev)
     nl = NeighborList(sysi, potential.cutoff_A, neighbor_skin_A)
 
@@ -157,14 +154,9 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
         i, j = nl.update(x)
         return potential(batch.numbers, x, nl.system_idx, batch.orig.numel(), i, j)
 
-    state = md_init(torch.as_tensor(pos, dtype=f64, device=dev), torch.as_tensor(vel, dtype=f64, device=dev),
-                    torch.as_tensor(masses, dtype=f64, device=dev), sysi, forces)
-    thermo = bool((batch.ramp[:, 3] > 0).any())
-    langevin = None
-    if thermo:
-        noise = NoiseStreams([sp.noise_seed if sp.ramp is not None else None for sp in specs],
-                             [len(sp.molecule.atoms) for sp in specs], dev)
-        langevin = Langevin.create(batch.ramp[:, 3][sysi], state.masses, timestep_fs, noise)
+    x, v, m = (torch.as_tensor(a, dtype=torch.float64, device=dev) for a in (pos, vel, masses))
+    state = md_init(x, v, m, sysi, forces)
+    langevin = _thermostat(specs, batch, state, timestep_fs)
     dt = timestep_fs * FS
     e0: torch.Tensor | None = None
     t_prev: torch.Tensor | None = None
@@ -198,6 +190,15 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
             # Molecules do not interact: the survivors' forces stay valid, only pairs change.
             nl = NeighborList(new_sysi, potential.cutoff_A, neighbor_skin_A)
     return trajs
+
+
+def _thermostat(specs: list[TrajectorySpec], batch: _Batch, state: MDState, timestep_fs: float) -> Langevin | None:
+    """The Langevin thermostat of a batch with any thermostatted trajectory (``None``: all NVE)."""
+    if not bool((batch.ramp[:, 3] > 0).any()):
+        return None
+    noise = NoiseStreams([sp.noise_seed if sp.ramp is not None else None for sp in specs],
+                         [len(sp.molecule.atoms) for sp in specs], state.positions.device)
+    return Langevin.create(batch.ramp[:, 3][state.system_idx], state.masses, timestep_fs, noise)
 
 
 def _record(rows: torch.Tensor, state: MDState, batch: _Batch, step: int, specs: list[TrajectorySpec],

@@ -67,6 +67,15 @@ def _finite(name: str, *arrays: np.ndarray) -> None:
         raise NonFiniteOutput(f"the model returned non-finite energies or forces for {name}")
 
 
+def _same_element_permutation(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of the atoms that only swaps atoms of the same element."""
+    perm = np.arange(len(z))
+    for el in np.unique(z):
+        idx = np.flatnonzero(z == el)
+        perm[idx] = rng.permutation(idx)
+    return perm
+
+
 def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettings,
                      batched_forces: np.ndarray | None = None) -> dict[str, float | None]:
     """The sanity figures of one molecule (see the module docstring)."""
@@ -80,14 +89,8 @@ def measure_molecule(potential: Potential, mol: Molecule, settings: SanitySettin
         rot, shift = random_rotation(rng), rng.normal(scale=5.0, size=3)
         rotations.append(rot)
         structures.append((z, x @ rot.T + shift))
-    perms = []
-    for _ in range(settings.n_rotations):
-        perm = np.arange(n)
-        for el in np.unique(z):
-            idx = np.flatnonzero(z == el)
-            perm[idx] = rng.permutation(idx)
-        perms.append(perm)
-        structures.append((z[perm], x[perm]))
+    perms = [_same_element_permutation(z, rng) for _ in range(settings.n_rotations)]
+    structures += [(z[perm], x[perm]) for perm in perms]
     dirs = rng.normal(size=(settings.n_directions, n, 3))
     dirs /= np.linalg.norm(dirs.reshape(len(dirs), -1), axis=1)[:, None, None]
     h = settings.fd_step_A
