@@ -34,7 +34,7 @@ def log_validation_run(conn: Connection, claim: Claim, result: ValidationResult,
         run = conn.mlflow.create_run(
             exp_id, run_name=f"gate/{claim.name}/v{claim.version}",
             tags={"mdgate.model": claim.name, "mdgate.version": claim.version,
-                  "mdgate.checks.verdict": result.verdict.value, "mdgate.claim": str(claim.generation),
+                  "mdgate.verdict": result.verdict.value, "mdgate.claim": str(claim.generation),
                   "mdgate.flow_run": claim.flow_run or "", T.CRITERIA_SHA256: criteria_sha256,
                   "mlflow.note.content": result.reason},
         )

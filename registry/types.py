@@ -13,7 +13,7 @@ from mdgate.potentials import ModelMeta
 # Registry state (a contract, design.md section 4), on the model version.
 STATUS = "mdgate.status"
 REASON = "mdgate.reason"
-REPORT = "mdgate.report.markdown"
+REPORT = "mdgate.report"
 VALIDATION_RUN = "mdgate.validation_run"
 FLOW_RUN = "mdgate.flow_run"
 CRITERIA_SHA256 = "mdgate.criteria_sha256"

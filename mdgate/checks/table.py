@@ -1,9 +1,11 @@
 """The one table of checks: what each measures, its unit, direction, default bound per stage,
-whether MD stops on it, and how the report and the registry summary show it.
+whether MD observes it live and stops on it, and how the report and the registry show it.
 
-Config (``mdgate.config``), the MD stop limits (``mdgate.md.batch``), the evaluation (``mdgate.checks.evaluate``),
-the report (``mdgate.report.markdown``) and the registry summary all read this table; a new check is one
-row here plus the function that measures it.
+Config (``mdgate.config``), the MD observers and stop limits (``mdgate.md``), the evaluation
+(``mdgate.checks.evaluate``), the report (``mdgate.report``) and the registry summary and tags
+all read this table. A new check is one row here plus the function that measures it: an MD
+observer (``mdgate.md.observers``) for a check with ``stops_md``, else a trajectory metric
+(``mdgate.checks.metrics``) or a stage's own measurement.
 """
 
 from __future__ import annotations
