@@ -149,15 +149,16 @@ class FailedCheck(BaseModel):
             at += f", {self.temperature_K:.0f} K"
         md_stage = self.n_total > 1 or self.stage in ("nve", "stress")
         reps = f"; {self.n_failed}/{self.n_total} replicas" if md_stage else ""
-        return (f"{where}: {self.check} = {_fmt(self.value)} {self.unit}".rstrip()
-                + f" (bound {self.comparison} {_fmt(self.bound)}{reps}{at})")
+        return (f"{where}: {self.check} = {fmt(self.value)} {self.unit}".rstrip()
+                + f" (bound {self.comparison} {fmt(self.bound)}{reps}{at})")
 
 
-def _fmt(x: float | None) -> str:
+def fmt(x: float | None, digits: int = 4) -> str:
+    """A measured number as reports, tables and reasons print it (``n/a`` when missing or not finite)."""
     if x is None or x != x or x in (float("inf"), float("-inf")):
         return "n/a"
     if x == 0 or 1e-3 <= abs(x) < 1e5:
-        return f"{x:.4g}"
+        return f"{x:.{digits}g}"
     return f"{x:.3e}"
 
 

@@ -5,24 +5,14 @@ the registry's version description both use them, so both say what the verdict s
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 from mdgate.checks.table import CHECKS, STAGE_TITLE, Stage, summary_columns
-from mdgate.results import CheckResult, ValidationResult, iter_checks
+from mdgate.results import CheckResult, ValidationResult, fmt, iter_checks
 
 #: Short stage names for table headers.
 STAGE_SHORT = {"sanity": "sanity", "nve": "NVE", "accuracy": "accuracy", "stress": "stress", "oracle": "oracle"}
-
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    """Format a measured number for a report or table (``n/a`` when missing or not finite)."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if x == 0 or 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits}g}"
-    return f"{x:.3e}"
 
 
 def status(c: CheckResult) -> str:
