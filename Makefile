@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTHON312 ?= $(shell for c in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
 	if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; assert sys.version_info[:2]==(3,12)' >/dev/null 2>&1; then command -v $$c; break; fi; done)
 
-.PHONY: venv test test-all demo lint data clean benchmark
+.PHONY: venv test test-all demo lint data clean benchmark docs
 
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -x $(PY) ]; then \
@@ -36,6 +36,13 @@ benchmark: venv
 
 data: venv
 	$(PY) scripts/make_molecule_set.py
+
+# The documentation site: the benchmark results page rendered from benchmarks/results/*.json, then
+# mkdocs (warnings are errors) into site/. NO_MKDOCS_2_WARNING silences mkdocs-material's banner.
+docs: venv
+	$(PY) -m pip install -q -e '.[docs]' $(QUIET_PIP)
+	$(PY) scripts/render_benchmarks.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: venv
 	$(VENV)/bin/ruff check mdgate registry flows tests scripts benchmarks
