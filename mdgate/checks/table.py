@@ -144,7 +144,7 @@ _SPECS = [
 CHECKS: dict[str, CheckSpec] = {s.name: s for s in _SPECS}
 
 #: Default (bound, required) of each check in each stage's criteria. ``None`` bound: reported only.
-#: Sources and measured margins are in the README ("The criteria and where they come from").
+#: Sources and measured margins are in docs/protocol.md.
 DEFAULTS: dict[Stage, dict[str, tuple[float | None, bool]]] = {
     Stage.NVE: {
         "max_force_eV_per_A": (25.0, True),
@@ -176,7 +176,7 @@ DEFAULTS: dict[Stage, dict[str, tuple[float | None, bool]]] = {
         "force_mae_eV_per_A": (None, False),
     },
     Stage.SANITY: {
-        # Measured on the example models (README): float32 rounding gives ≤ 0.0006 meV/atom,
+        # Measured on the example models (docs/protocol.md): float32 rounding gives ≤ 0.0006 meV/atom,
         # 8e-5 eV/Å, fd ≤ 0.0009, torque ≤ 1e-5 eV; a curl field of 0.01 eV/Å² gives fd 0.012,
         # torque 2.9 eV, force rotation error 0.096 eV/Å.
         "rotation_energy_error_meV_per_atom": (0.05, True),
@@ -186,7 +186,7 @@ DEFAULTS: dict[Stage, dict[str, tuple[float | None, bool]]] = {
         "fd_force_error_relative": (0.005, True),
         "net_torque_eV": (0.01, True),
         # MLIPAudit's bound; informational: floppy molecules (malonaldehyde) relax into another
-        # conformer with well-trained models (README).
+        # conformer with well-trained models (docs/protocol.md).
         "relax_rmsd_A": (0.075, False),
         "relax_max_force_eV_per_A": (None, False),
     },

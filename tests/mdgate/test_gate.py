@@ -158,7 +158,7 @@ def test_forces_that_are_not_the_energy_gradient_are_rejected_by_energy_conserva
 def test_the_trained_small_painn_passes_the_default_protocol(tmp_path: Path, good_model_path: Path) -> None:
     """The packaged defaults as `mdgate validate` applies them (10 molecules × 3 replicas, 2 ps NVE
     and the 2 ps heat-stress ramp to 1000 K), fail-fast off so that every trajectory runs out:
-    a well-trained model is Approved by every stage, with the margins the README states
+    a well-trained model is Approved by every stage, with the margins docs/protocol.md states
     (stress: worst bond deviation 0.36 Å for a bound of 0.5 Å, closest approach 0.84 Å for 0.6 Å).
     About 12 minutes on 2 cores.
     """

@@ -1,4 +1,4 @@
-"""The tags consumers search on: written with each verdict, and the README's
+"""The tags consumers search on: written with each verdict, and the docs'
 ``search_model_versions`` queries run as written against a real ``mlflow server``.
 """
 
@@ -111,7 +111,7 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     def versions(query: str) -> list[str]:
         return sorted(mv.version for mv in client.search_model_versions(query))
 
-    # The queries of README.md ("Searching verdicts"), as written there.
+    # The queries of docs/search.md, as written there.
     assert versions(f"name='painn-student' AND tags.`mdgate.status` = 'Approved' "
                     f"AND tags.`mdgate.criteria_sha256` = '{sha}'") == [v_ok]
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == [v_stress]
