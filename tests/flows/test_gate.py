@@ -197,7 +197,7 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
     assert kinds["markdown"].key.endswith("-report") and "APPROVED FOR MD" in kinds["markdown"].data
     assert kinds["progress"].data == 100.0
     table = json.loads(kinds["table"].data)
-    assert [row["molecule"] for row in table] == ["ethanol", "malonaldehyde"]
+    assert [row["Molecule"] for row in table] == ["ethanol", "malonaldehyde"]
     # time of a gate outside the MD itself
     duration = (flow_run.end_time - flow_run.start_time).total_seconds()
     record_timing("gate_flow_run_s", duration)
