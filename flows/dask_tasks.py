@@ -1,5 +1,6 @@
 """The gate's per-molecule MD tasks on a Dask cluster (``MDGATE_TASK_RUNNER=dask``), through
-prefect-dask's ``DaskTaskRunner``.
+prefect-dask's ``DaskTaskRunner``: :class:`DaskLanes`, an executor of ``flows.md_lanes`` (whose
+driver, ``run_lanes``, owns the abort, the first failure and the progress as for the other two).
 
 The gate flow runs where its work pool started it; only its MD tasks go to the cluster, each in
 a Dask worker process (on GPU nodes: one worker per GPU, started with ``--resources GPU=1``, and
@@ -11,15 +12,16 @@ What the local path shares between the threads of one process crosses processes 
 
 - the potential, the molecule and the config are pickled into each task (a model of a million
   parameters is a few MB);
-- stop-on-failure: a ``distributed.Event`` per gate, which the MD tasks poll at most once a second;
+- stop-on-failure: a ``distributed.Event`` per gate (:class:`AbortFlag`), which the lanes' guards
+  poll at most once a second;
 - progress: each task publishes its step at most every 2 s as scheduler metadata of its own Dask
-  task (removed with the task); the flow reads them into the gate's progress artifact, which also
-  renews the lease, as in the local path.
+  task (:class:`ProgressReporter`; removed with the task); :meth:`DaskLanes.progress` reads them
+  and the driver relays them to the gate's progress artifact, as for the other executors.
 
 Prefect still records every MD task as a task run of the gate (``md-<molecule>``, tagged with
 ``MDGATE_GPU_TAG``), so the tag concurrency limit bounds GPU work over all gates and clusters.
-The ``dask`` extra of the project installs prefect-dask; nothing here imports it until a gate
-uses it.
+The ``dask`` extra of the project installs prefect-dask; nothing here imports it (nor dask or
+distributed) until a gate uses it: the imports stay inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ import time
 import uuid
 from typing import Any
 
+from prefect import Task
 from prefect.logging import get_logger
 
+from flows.md_lanes import Lane, LaneGuard, ProgressUpdate
+from flows.settings import Settings
+from mdgate.config import GateConfig
+from mdgate.stages.md import MoleculeRun
+
 logger = get_logger("mdgate.dask")
-
-#: Seconds between the flow's looks at its MD tasks (results, progress, lease).
-POLL_S = 1.0
-
 
 class DaskUnavailableError(RuntimeError):
     """The Dask cluster could not be reached or started: an outage, not a verdict on the model.
@@ -69,7 +73,7 @@ class AbortFlag:
         now = time.monotonic()
         if not self._set and now - self._last >= self.poll_s:
             self._last = now
-            import distributed
+            import distributed  # optional (the dask extra): imported where a gate uses it
 
             try:
                 self._set = distributed.Event(self.name).is_set()
@@ -107,21 +111,18 @@ class ProgressReporter:
         if running and now - self._last.get(molecule, float("-inf")) < self.every_s:
             return
         self._last[molecule] = now
-        import distributed
+        import distributed  # optional (the dask extra): imported where a gate uses it
 
         try:
             distributed.get_client().set_metadata([self.task_key, PROGRESS_KEY], [step, n_steps, running])
         except Exception as e:  # progress is cosmetic: never fail MD for it
             logger.debug("progress of %s not published: %s", molecule, e)
 
-    def finish(self, molecule: str) -> None:
-        """The flow marks a molecule done when its task's result arrives."""
 
-
-def task_runner(settings: Any) -> Any:
+def task_runner(settings: Settings) -> Any:
     """The ``DaskTaskRunner`` the settings describe (not started)."""
     try:
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask import DaskTaskRunner  # optional (the dask extra)
     except ImportError as e:
         raise DaskUnavailableError(
             "MDGATE_TASK_RUNNER=dask needs prefect-dask: pip install 'mdgate[dask]'") from e
@@ -131,90 +132,102 @@ def task_runner(settings: Any) -> Any:
                           cluster_kwargs=dict(settings.dask_cluster_kwargs))
 
 
-def run_on_dask(settings: Any, md_task: Any, potential: Any, molecules: list[Any], config: Any,
-                progress: Any, aborted: type[BaseException]) -> list[Any]:
-    """Run one MD task per molecule on the Dask cluster; return their results in molecule order.
-
-    All molecules are submitted at once: the cluster's worker slots (and Dask resources) bound
-    how many run together. When one task fails, the others stop at their next look at the abort
-    flag; the first real failure (not ``aborted``) is raised once all have ended.
+class DaskLanes:
+    """Lanes (one molecule each) as MD tasks on the Dask cluster the settings name; all are
+    submitted at once (``slots``: every lane), the cluster's worker slots and Dask resources bound
+    how many run together. A context manager: the cluster (or the connection to it) ends with it.
 
     Raises:
-        DaskUnavailableError: the cluster cannot be reached or started.
-        MdgateError: a task timed out or the model failed during MD.
+        DaskUnavailableError: on entering, when the cluster cannot be reached or started.
     """
-    import dask
-    import distributed
-    from prefect_dask.task_runners import PrefectDaskFuture
 
-    runner = task_runner(settings)
-    gate_id = uuid.uuid4().hex[:12]
-    flag = AbortFlag(f"mdgate-abort-{gate_id}")
-    with runner:
+    def __init__(self, settings: Settings, md_task: Task[..., list[MoleculeRun]], potential: Any,
+                 config: GateConfig, n_lanes: int):
+        self.settings = settings
+        self.md_task = md_task
+        self.potential = potential
+        self.config = config
+        self.slots = max(1, n_lanes)
+        self._gate_id = uuid.uuid4().hex[:12]
+        self._flag = AbortFlag(f"mdgate-abort-{self._gate_id}")
+        self._futures: dict[Lane, Any] = {}
+        self._seen: dict[str, tuple[int, int, bool]] = {}
+        self._stack = contextlib.ExitStack()
+        self._client: Any = None
+
+    def __enter__(self) -> DaskLanes:
+        runner = self._stack.enter_context(task_runner(self.settings))
+        where = self.settings.dask_address or self.settings.dask_cluster_class
         try:
-            client = runner.client
+            self._client = runner.client
         except Exception as e:
-            where = settings.dask_address or settings.dask_cluster_class
+            self._stack.close()
             raise DaskUnavailableError(f"Dask cluster {where} unavailable: {type(e).__name__}: {e}") from e
-        logger.info("MD of %d molecules on Dask %s (%d workers)", len(molecules),
-                    settings.dask_address or settings.dask_cluster_class,
-                    len(client.scheduler_info().get("workers", {})))
-        resources = dask.annotate(resources=dict(settings.dask_resources)) if settings.dask_resources \
-            else contextlib.nullcontext()
-        futures: dict[str, Any] = {}
-        with resources:
-            for mol in molecules:
-                # DaskTaskRunner.submit, with a task key of our own for the progress metadata
-                key = f"mdgate-md-{gate_id}-{mol.name}"
-                future = client.submit(
-                    md_task.with_options(task_run_name=f"md-{mol.name}"), key=key, pure=False,
-                    parameters={"potential": potential, "molecules": [mol], "config": config,
-                                "threads": settings.dask_md_threads, "timeout_s": settings.md_timeout_s,
-                                "progress": ProgressReporter(key), "abort": flag},
-                    return_type="state",
-                )
-                futures[mol.name] = PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
-        n_steps = {m.name: config.md.n_steps for m in molecules}
-        last = dict.fromkeys(n_steps, 0)
-        results: dict[str, Any] = {}
-        failure: BaseException | None = None
-        pending = dict(futures)
-        try:
-            while pending:
-                until = time.monotonic() + POLL_S
-                while time.monotonic() < until and not any(f.wrapped_future.done() for f in pending.values()):
-                    time.sleep(0.05)
-                for name, future in list(pending.items()):
-                    if not future.wrapped_future.done():
-                        continue
-                    del pending[name]
-                    try:
-                        [results[name]] = future.result()
-                        progress.finish(name)
-                    except BaseException as e:
-                        if failure is None or isinstance(failure, aborted):
-                            failure = e
-                        distributed.Event(flag.name, client=client).set()
-                moved = False
-                for name in pending:
-                    try:
-                        published = client.get_metadata([pending[name].wrapped_future.key, PROGRESS_KEY], default=None)
-                    except Exception as e:  # progress is cosmetic
-                        logger.debug("progress of %s unreadable: %s", name, e)
-                        continue
-                    if not published:  # not started yet
-                        continue
-                    step, _, running = published
-                    done = int(step) if running else n_steps[name]
-                    if done != last[name]:
-                        last[name], moved = done, True
-                        progress(name, done, n_steps[name], True)
-                if pending and not moved:  # the progress callback also renews the lease when due
-                    name = next(iter(pending))
-                    progress(name, last[name], n_steps[name], True)
-        finally:
-            with contextlib.suppress(Exception):
-                distributed.Event(flag.name, client=client).clear()
-    if failure is not None:
-        raise failure
-    return [results[m.name] for m in molecules]
+        self._stack.callback(self._clear_flag)
+        logger.info("MD of %d molecules on Dask %s (%d workers)", self.slots, where,
+                    len(self._client.scheduler_info().get("workers", {})))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _event(self) -> Any:
+        import distributed  # optional (the dask extra)
+
+        return distributed.Event(self._flag.name, client=self._client)
+
+    def _clear_flag(self) -> None:
+        with contextlib.suppress(Exception):
+            self._event().clear()
+
+    def submit(self, lane: Lane) -> None:
+        """``DaskTaskRunner.submit``, with a Dask key of our own for the lane's progress metadata."""
+        import dask  # optional (the dask extra)
+        from prefect_dask.task_runners import PrefectDaskFuture
+
+        key = f"mdgate-md-{self._gate_id}-{'+'.join(lane.names)}"
+        resources = dict(self.settings.dask_resources)
+        with dask.annotate(resources=resources) if resources else contextlib.nullcontext():
+            future = self._client.submit(
+                self.md_task.with_options(task_run_name=lane.name), key=key, pure=False,
+                parameters={"potential": self.potential, "molecules": lane.molecules, "config": self.config,
+                            "threads": self.settings.dask_md_threads,
+                            "guard": LaneGuard(self._flag, lane.timeout_s, ProgressReporter(key))},
+                return_type="state",
+            )
+        self._futures[lane] = PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+    def wait(self, timeout_s: float) -> list[Lane]:
+        """The lanes whose task ended (up to ``timeout_s`` for the first)."""
+        until = time.monotonic() + timeout_s
+        while True:
+            done = [lane for lane, f in self._futures.items() if f.wrapped_future.done()]
+            if done or time.monotonic() >= until:
+                return done
+            time.sleep(0.05)
+
+    def result(self, lane: Lane) -> list[MoleculeRun]:
+        """The lane's runs (its task's error raised)."""
+        return self._futures.pop(lane).result()
+
+    def abort(self) -> None:
+        """Set the gate's abort flag: the lanes' guards see it within a second."""
+        self._event().set()
+
+    def progress(self) -> list[ProgressUpdate]:
+        """The steps the running lanes published since the last look (scheduler metadata)."""
+        out: list[ProgressUpdate] = []
+        for lane, future in self._futures.items():
+            try:
+                published = self._client.get_metadata([future.wrapped_future.key, PROGRESS_KEY], default=None)
+            except Exception as e:  # progress is cosmetic
+                logger.debug("progress of %s unreadable: %s", lane.name, e)
+                continue
+            if not published:  # not started yet
+                continue
+            step, n_steps, running = int(published[0]), int(published[1]), bool(published[2])
+            [name] = lane.names  # one molecule per Dask lane
+            if self._seen.get(name) != (step, n_steps, running):
+                self._seen[name] = (step, n_steps, running)
+                out.append((name, step, n_steps, running))
+        return out

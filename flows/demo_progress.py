@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from uuid import UUID
 
-from flows.gate import slug
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows.tasks import slug
 
 #: Prefect's default task run name is the task's name plus ``-`` and a short hex key.
 _SUFFIX = re.compile(r"-([0-9a-f]{3}|\d+)$")
@@ -70,14 +78,6 @@ def _state(run: Any) -> str:
 
 def read_view(client: Any, model: str, version: str, flow_run: str | None) -> GateView:
     """The gate of ``model`` v``version`` (flow run id from its ``mdgate.flow_run`` tag)."""
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        FlowRunFilterId,
-    )
-
     try:
         run_id = UUID(flow_run or "")
     except ValueError:

@@ -11,10 +11,12 @@ md_parallel`` torch threads) and the potential unpickled once per process.
 What the thread path shares in memory crosses processes here:
 
 - progress: each worker puts ``(molecule, step, n_steps, running)`` on a queue at most every
-  ``PROGRESS_EVERY_S`` (and when a trajectory stops); the waiting task hands the latest to the
-  gate's progress callback, which also renews the lease;
-- stop-on-failure and timeouts: the waiting task checks its abort flag and deadline every
-  ``POLL_S``; when either fires it sets an event the workers check at every MD step;
+  ``PROGRESS_EVERY_S`` (and when a trajectory stops); the waiting task hands the latest to its
+  lane's guard (``flows.md_lanes.LaneGuard``) every ``POLL_S``, which passes it on to the gate's
+  progress;
+- stop-on-failure and timeouts: the guard, called every ``POLL_S`` whatever the worker does,
+  raises when another lane failed or the lane's deadline passed; the pool then sets an event the
+  workers check at every MD step;
 - a worker that does not return (a model hanging inside a call) is killed when the gate ends.
 
 How the workers start (:func:`start_method`): with one torch thread each (``cores //
@@ -38,8 +40,11 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
+
+from mdgate.errors import MDAbortedError
+from mdgate.runner import configure_threads
+from mdgate.stages.md import ProgressFn, run_md
 
 #: Seconds between the waiting task's looks at its worker (result, progress, abort, deadline).
 POLL_S = 0.25
@@ -64,14 +69,12 @@ def start_method(threads: int) -> str:
     return "fork" if threads == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-class StopRequested(Exception):
-    """Raised in a worker whose gate asked its MD to stop (another molecule failed, or a timeout)."""
+class StopRequested(MDAbortedError):
+    """Raised in a worker whose gate asked its MD to stop (another lane failed, or a timeout)."""
 
 
 def _init_worker(potential: bytes, threads: int, progress: Any, stop: Any, all_up: Any) -> None:
     global _POTENTIAL, _QUEUE, _STOP, _ALL_UP
-    from mdgate.runner import configure_threads
-
     configure_threads(threads)
     _POTENTIAL = pickle.loads(potential)
     _QUEUE, _STOP, _ALL_UP = progress, stop, all_up
@@ -81,16 +84,12 @@ def _warm() -> int:
     """Start-up task: returns once every worker has started and unpickled the potential (the
     executor starts workers on demand; waiting for each other makes it start them all now).
     """
-    import os
-
     with contextlib.suppress(Exception):
         _ALL_UP.wait(timeout=300)
     return os.getpid()
 
 
 def _run_molecules(molecules: list[Any], config: Any) -> list[Any]:
-    from mdgate.stages.md import run_md
-
     last: dict[str, float] = {}
 
     def tick(name: str, step: int, n_steps: int, running: bool) -> None:
@@ -104,9 +103,6 @@ def _run_molecules(molecules: list[Any], config: Any) -> list[Any]:
             _QUEUE.put_nowait((name, step, n_steps, running))
 
     return run_md(_POTENTIAL, molecules, config, tick)
-
-
-ProgressFn = Callable[[str, int, int, bool], None]
 
 
 class MDProcessPool:
@@ -150,9 +146,9 @@ class MDProcessPool:
     def run(self, molecules: list[Any], config: Any, tick: ProgressFn) -> list[Any]:
         """Run the MD of a lane of ``molecules`` in a worker; return one ``MoleculeRun`` per molecule.
 
-        ``tick(name, step, n_steps, running)`` gets the worker's progress of each molecule and is
-        called at least every ``POLL_S`` (with the last known step); when it raises (abort,
-        deadline), the workers are told to stop and the exception propagates.
+        ``tick(name, step, n_steps, running)`` (the lane's guard) gets the worker's progress of each
+        molecule and is called at least every ``POLL_S`` (with the last known step); when it raises
+        (abort, deadline), the workers are told to stop and the exception propagates.
         """
         future = self._executor.submit(_run_molecules, molecules, config)
         n_steps = max(config.md.n_steps if config.md.enabled else 0,

@@ -126,6 +126,7 @@ def gate_once(settings: Settings, mode: Mode, name: str, version: str, force: bo
     (``Approved``, ``Rejected``, ``Error``, ``Skipped``, or ``Failed`` when the gate itself failed).
     """
     prepare(settings, mode)
+    # Imported here, after prepare(): prefect reads its settings from the environment when imported.
     from flows.gate import gate_model_version
 
     config = str(settings.config) if settings.config else None

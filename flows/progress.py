@@ -36,9 +36,10 @@ class GateProgress:
         self._lock = threading.Lock()
         self._last_update = 0.0
         self._last_renew = time.monotonic()
-        self.artifact_id: UUID = create_progress_artifact(
-            0.0, key=key, description=f"MD steps done over {len(steps)} molecules"
-        )
+        artifact = create_progress_artifact(0.0, key=key, description=f"MD steps done over {len(steps)} molecules")
+        if not isinstance(artifact, UUID):  # a coroutine: called from async code, which the gate never is
+            raise TypeError("GateProgress must be created outside an event loop")
+        self.artifact_id: UUID = artifact
 
     @property
     def percent(self) -> float:
@@ -54,14 +55,20 @@ class GateProgress:
             update = now - self._last_update >= self.min_interval_s
             if update:
                 self._last_update = now
-            renew = self.renew is not None and now - self._last_renew >= self.renew_every_s
-            if renew:
-                self._last_renew = now
         if update:
             self._update()
-        if renew:
+        self.beat()
+
+    def beat(self) -> None:
+        """Renew the lease if it is due (MD is running, whether or not a lane reported a step)."""
+        now = time.monotonic()
+        with self._lock:
+            renew = self.renew if self.renew is not None and now - self._last_renew >= self.renew_every_s else None
+            if renew is not None:
+                self._last_renew = now
+        if renew is not None:
             try:
-                self.renew()  # type: ignore[misc]
+                renew()
             except Exception as e:  # a lost lease is found again when publishing
                 logger.warning("lease renewal failed: %s", e)
 

@@ -1,8 +1,9 @@
-"""Human review in the gate flow: which results a person decides, the Prefect review form
-(a pydantic ``RunInput``), waiting for it, and resuming a waiting gate from ``mdgate review``.
+"""Human review in the gate flow: the Prefect review form (a pydantic ``RunInput``), waiting for
+it, and resuming a waiting gate from ``mdgate review``.
 
-A result ends ``PendingReview`` (with ``MDGATE_REVIEW`` on) when it is an Error, or when a
-required check passes within ``MDGATE_REVIEW_MARGIN`` (relative) of its bound. The gate flow then
+Which results wait for a person is the engine's rule (``mdgate.checks.decision.review_reason``):
+with ``MDGATE_REVIEW`` on, an Error, or a result with a required check that passes within
+``MDGATE_REVIEW_MARGIN`` (relative) of its bound, ends ``PendingReview``. The gate flow then
 pauses with :class:`ReviewInput` (``pause_flow_run(wait_for_input=...)``): the Prefect UI shows
 the form on the paused run, and ``resume_flow_run(flow_run_id, run_input={...})`` resumes it
 through the API. ``mdgate review`` records the decision in MLflow itself (so it works when the
@@ -11,15 +12,19 @@ flow run is gone) and then resumes the waiting run, which sees the decision alre
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 from uuid import UUID
 
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.notify import notify_decision
 from flows.settings import Settings
-from mdgate.results import CheckResult, ValidationResult, Verdict
+from flows.tasks import registry_for
 from registry.types import Status
 
 PENDING_REVIEW = Status.PENDING_REVIEW.value
@@ -34,60 +39,10 @@ class ReviewInput(RunInput):
     reviewer: str = Field(default="", description="Your name (recorded as mdgate.decided_by)")
 
 
-def near_bound(check: CheckResult, margin: float) -> bool:
-    """A required check that passed with ``|value - bound| <= margin * |bound|``."""
-    if not check.required or check.passed is not True or check.value is None or check.bound is None:
-        return False
-    if not (math.isfinite(check.value) and math.isfinite(check.bound)):
-        return False
-    return abs(check.value - check.bound) <= margin * abs(check.bound)
-
-
-def borderline_checks(result: ValidationResult, margin: float) -> list[str]:
-    """The required checks of ``result`` that pass within ``margin`` of their bound, one line
-    each (molecule checks, stage checks, accuracy checks), without repeats.
-    """
-    found: list[tuple[str, CheckResult]] = []
-    for mol in result.molecules:
-        found += [(f"{mol.stage}/{mol.name}", c) for c in mol.checks]
-    for name, stage in result.stages.items():
-        found += [(name, c) for c in stage.checks]
-    if result.accuracy is not None:
-        found += [("accuracy", c) for c in result.accuracy.checks]
-    lines: list[str] = []
-    for where, c in found:
-        if near_bound(c, margin):
-            line = f"{where}: {c.name} = {c.value:.4g} (bound {c.comparison} {c.bound:.4g})"
-            if line not in lines:
-                lines.append(line)
-    return lines
-
-
-def review_reason(settings: Settings, result: ValidationResult) -> str | None:
-    """Why a person must decide ``result`` (``mdgate.reason`` of the PendingReview), or ``None``."""
-    if not settings.review:
-        return None
-    if result.verdict == Verdict.ERROR:
-        return f"awaiting review: Error: {result.reason}"
-    if result.verdict != Verdict.APPROVED:
-        return None
-    near = borderline_checks(result, settings.review_margin)
-    if not near:
-        return None
-    return (f"awaiting review: passes within {settings.review_margin:g} (relative) of a bound: "
-            + "; ".join(near[:5]) + (f"; and {len(near) - 5} more" if len(near) > 5 else ""))
-
-
 def wait_for_review(settings: Settings, name: str, version: str, flow_run: str | None) -> tuple[str, str]:
     """Pause the current gate flow run until a person submits :class:`ReviewInput`, then record
     the decision (unless ``mdgate review`` has already decided). Returns (final state name, message).
     """
-    from prefect import get_run_logger
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
-
-    from flows.gate import registry_for
-
     logger = get_run_logger()
     logger.info("%s/%s: PendingReview; waiting up to %g s for a decision (Prefect UI form, or "
                 "`mdgate review %s %s --approve|--reject --reason ...`)", name, version,
@@ -105,8 +60,6 @@ def wait_for_review(settings: Settings, name: str, version: str, flow_run: str |
         return status, f"{name}/v{version}: decided outside this run: {info.reason}"
     info = registry.review(name, version, decision.decision == "approve", decision.reason,
                            decision.reviewer or "prefect-ui", flow_run or "")
-    from flows.notify import notify_decision
-
     notify_decision(settings, name, version, info.status.value if info.status else "-", info.reason,
                     decision.reviewer or "prefect-ui")
     return info.status.value if info.status else "-", f"{name}/v{version}: {info.reason}"
@@ -116,9 +69,6 @@ def resume_waiting_gate(flow_run: str | None, approve: bool, reason: str, by: st
     """Resume the gate run that waits for a review of this version, if there is one (best effort);
     one line saying what happened.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.flow_runs import resume_flow_run
-
     try:
         run_id = UUID(flow_run or "")
     except ValueError:

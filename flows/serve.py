@@ -16,7 +16,10 @@ import signal
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing import forkserver
 
+import prefect.flow_engine as engine
+import torch
 import uvicorn
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -24,10 +27,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
 from prefect.runner import Runner
 
-from flows.gate import gate_model_version, registry_for
+from flows.gate import gate_model_version
 from flows.servers import ServerProcess, ensure_local_servers
 from flows.settings import DEPLOYMENT, Settings
 from flows.sweep import start_gate_for_version, sweep_registry
+from flows.tasks import registry_for
 from flows.webhook import create_app
 from mdgate.config import load_config
 
@@ -53,8 +57,6 @@ def gpu_limit(settings: Settings) -> int:
     """The tag concurrency limit to create: ``settings.gpu_limit``, else this host's CUDA GPUs."""
     if settings.gpu_limit is not None:
         return settings.gpu_limit
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -172,7 +174,7 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
 
 
 #: What a gate's process imports before its first task: imported once, by the fork server.
-WARM_MODULES = ["flows.gate", "flows.champion", "flows.review", "flows.notify", "registry.artifacts",
+WARM_MODULES = ["flows.gate", "registry.artifacts",
                 "mdgate.runner", "mdgate.report.markdown", "mdgate.stages.sanity", "mdgate.stages.oracle",
                 "mdgate.potentials.schnetpack",
                 "schnetpack", "torch", "mlflow", "matplotlib.pyplot"]
@@ -203,8 +205,6 @@ def enable_warm_starts() -> bool:
     A fork server is single-threaded (it runs no Prefect service, no torch pool): its forks are
     as clean as spawned processes, without the imports.
     """
-    import prefect.flow_engine as engine
-
     if os.environ.get("MDGATE_WARM_START", "1").strip().lower() in ("0", "false", "no", "off") \
             or "forkserver" not in multiprocessing.get_all_start_methods() \
             or not hasattr(engine, "multiprocessing"):
@@ -212,8 +212,6 @@ def enable_warm_starts() -> bool:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(WARM_MODULES)
     engine.multiprocessing = _ForkServerStarts(context)  # type: ignore[assignment]
-    from multiprocessing import forkserver
-
     threading.Thread(target=forkserver.ensure_running, name="mdgate-forkserver", daemon=True).start()
     return True
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+from cryptography.fernet import Fernet
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -106,8 +107,6 @@ def webhook_encryption_key(home: Path) -> str:
 
     Without a stable key, stored webhook secrets cannot be read after a restart (mlflow #19896).
     """
-    from cryptography.fernet import Fernet
-
     path = home / "mlflow-webhook.key"
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)

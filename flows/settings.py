@@ -13,25 +13,16 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mdgate.checks.decision import ChampionRule
+
+__all__ = ["DEPLOYMENT", "GATE_FLOW", "SWEEP_FLOW", "ChampionRule", "Settings", "load_settings"]
 
 GATE_FLOW = "gate-model-version"
 SWEEP_FLOW = "sweep-registry"
 DEPLOYMENT = "mdgate"
-
-
-class ChampionRule(BaseModel):
-    """How much worse than the baseline a check's value may be (as MLflow's ``MetricThreshold``):
-    worse by more than either limit given fails. "Worse" follows the check's direction (higher for
-    a ``<=`` bound, lower for a ``>=`` bound).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_absolute_change: Annotated[float, Field(ge=0)] | None = None
-    max_relative_change: Annotated[float, Field(ge=0)] | None = None
-    """Relative to the baseline's |value| (2.0: at most 3× the champion's drift)."""
 
 
 class Settings(BaseSettings):
@@ -81,7 +72,7 @@ class Settings(BaseSettings):
     """CPU cores the gate may use (0 = all): each MD task gets ``cores // md_parallel`` torch threads."""
     gpu_tag: str = "mdgate-gpu"
     """Tag on the MD tasks when a Prefect tag concurrency limit on it exists (it then bounds GPU
-    work); without a limit the tasks go untagged (``flows.gate.md_tags``)."""
+    work); without a limit the tasks go untagged (``flows.measure.md_tags``)."""
     gpu_limit: Annotated[int, Field(ge=0)] | None = None
     """The limit ``mdgate serve`` creates for ``gpu_tag`` when none exists: MD tasks running at
     once over all gates (set it to the number of GPUs on GPU workers). Default: the serve host's
@@ -186,3 +177,4 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``)."""
     return Settings(**overrides)  # type: ignore[arg-type]
+

@@ -15,10 +15,14 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 
-from flows.gate import REGISTRY_TASK, registry_for
 from flows.settings import SWEEP_FLOW, Settings, load_settings
+from flows.tasks import REGISTRY_TASK, registry_for
 from mdgate.config import load_config
 from registry.types import VersionInfo
 
@@ -93,11 +97,6 @@ def release_abandoned_run(version: VersionInfo) -> int:
     its task run ends: without this, a few dead gates hold every slot and no MD task ever starts
     again. A forced terminal state releases the slots. Returns the number of runs marked.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
-
     try:
         run_id = UUID(version.flow_run or "")
     except ValueError:

@@ -38,3 +38,15 @@ class UnitMismatchError(MetadataError):
     declared as eV), or, without a reference set, clearly implausible in size at the start
     geometries. The message names the measured scale and the unit to declare.
     """
+
+
+class MDTimeoutError(MdgateError):
+    """Raised when a lane of MD (or a stage that calls the model) runs past its timeout
+    (``MDGATE_MD_TIMEOUT_S`` per molecule): the model hangs or is far too slow. The gate ends as Error.
+    """
+
+
+class MDAbortedError(MdgateError):
+    """Raised in a lane of MD stopped because another lane of the same gate failed (fail-fast);
+    the other lane's failure is the one reported.
+    """

@@ -105,7 +105,7 @@ def prefect_client() -> Any:
 
 def test_md_tasks_tag_only_where_a_limit_bounds_them(stack: Stack) -> None:
     """A tag takes a slot (two database writes) per task: only worth it where a limit exists."""
-    from flows.gate import md_tags
+    from flows.measure import md_tags
 
     tag = f"mdgate-gpu-{uuid.uuid4().hex[:6]}"
     settings = load_settings().model_copy(update={"gpu_tag": tag})
