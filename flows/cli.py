@@ -225,7 +225,7 @@ def demo(
         table = run_demo(settings, models_dir, timeout_s, echo=typer.echo)
     except (MdgateError, RuntimeError, TimeoutError, FileNotFoundError) as e:
         raise fail(f"{e} (servers log: {settings.home / 'logs'}; stop them with `mdgate demo --stop`)") from None
-    from flows.demo import render_study
+    from flows.demo_table import render_study
 
     typer.echo("\nCompression study: teacher and distilled students, gated by MD\n")
     typer.echo(render_study(table))

@@ -4,7 +4,8 @@ Starts ``mdgate serve`` (which starts MLflow and Prefect on 127.0.0.1 with SQLit
 background, registers the example teacher and its distilled students as versions of one
 registered model (students carry ``mdgate.parent`` → the teacher), waits while the webhook
 path gates each one, showing each gate's progress as the Prefect UI does
-(``flows/demo_progress.py``), and prints the study's table (:func:`render_study`, 100 columns).
+(``flows/demo_progress.py``), and prints the study's table (``flows.demo_table.render_study``, 100
+columns).
 The study holds two students made to show what the gate is for: one whose forces come from a
 vector head instead of −dE/dR, and an early checkpoint of the smallest one
 (``scripts/README.md``). The servers keep running so that the UIs can be browsed;
@@ -16,21 +17,28 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from prefect.client.orchestration import get_client
+
+from flows.demo_progress import Board, progress_line, read_view
+from flows.demo_table import WIDTH, Row, study_table
 from flows.servers import is_up
 from flows.settings import Settings
+from mdgate.config import load_config
 from registry import Registry, VersionInfo
 from registry import types as T
 from registry.artifacts import download, file_sha256
+from registry.register import register_potential
 
 MODEL_NAME = "painn-md17"
 #: (file stem in examples/models, parent stem or None) in registration order: the teacher, its
@@ -38,8 +46,6 @@ MODEL_NAME = "painn-md17"
 #: student's checkpoint after 1 of its 10 epochs.
 STUDY = (("teacher", None), ("student_2x", "teacher"), ("student_5x", "teacher"), ("student_20x", "teacher"),
          ("student_5x_direct", "teacher"), ("student_20x_epoch1", "teacher"))
-#: Width the study's table and the progress lines fit in.
-WIDTH = 100
 REPO = Path(__file__).resolve().parents[1]
 #: Gates the demo's ``mdgate serve`` runs at a time (``MDGATE_MAX_GATES`` of the caller wins).
 DEMO_MAX_GATES = 2
@@ -48,16 +54,6 @@ DEMO_MAX_GATES = 2
 def demo_profile() -> Path:
     """The packaged short MD profile of the demo."""
     return Path(str(resources.files("mdgate") / "data" / "demo.yaml"))
-
-
-@dataclass
-class Row:
-    """One line of the study's table."""
-
-    stem: str
-    version: VersionInfo
-    results: dict | None = None
-    report: Path | None = None
 
 
 def _pid_file(settings: Settings) -> Path:
@@ -129,8 +125,6 @@ def stop_serve(settings: Settings) -> bool:
 
 def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
     """Register the teacher and the students once; a re-run reuses versions of the same files."""
-    from registry.register import register_potential
-
     existing: dict[str, VersionInfo] = {}
     with contextlib.suppress(Exception):
         for v in registry.list_versions(MODEL_NAME):
@@ -170,8 +164,6 @@ def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float,
     gate from the Prefect API (``flows/demo_progress.py``). ``out``/``live``: where and how the
     lines are drawn (default: stdout, redrawn in place when it is a terminal).
     """
-    from flows.demo_progress import Board, progress_line, read_view
-
     board = Board(out or sys.stdout, live=live, width=WIDTH)
     deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
@@ -202,11 +194,9 @@ def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float,
             time.sleep(3.0)
 
 
-def _prefect_client(stack: contextlib.ExitStack):
+def _prefect_client(stack: contextlib.ExitStack) -> Any:
     """A sync Prefect client on ``PREFECT_API_URL`` (closed with ``stack``), or ``None``."""
     try:
-        from prefect.client.orchestration import get_client
-
         return stack.enter_context(get_client(sync_client=True))
     except Exception:
         return None
@@ -226,137 +216,11 @@ def fetch_results(registry: Registry, rows: list[Row], out: Path) -> None:
             download(registry, f"{base}/plots", dst, "plots")  # the report's figures, beside it
 
 
-def _shown_path(path: Path) -> str:
-    """``path`` relative to the working folder when it lies under it (short enough for a table)."""
-    with contextlib.suppress(ValueError):
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    return str(path)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _failure_time_ps(replica: dict) -> float | None:
-    """When a stress trajectory failed (``None``: it ran to the end)."""
-    t = (replica.get("metrics") or {}).get("time_to_failure_ps")
-    return t if t is not None else (replica.get("failure") or {}).get("time_ps")
-
-
-def study_row(row: Row) -> dict[str, str]:
-    """One version's figures, all read from its ``results.json`` (``row.results``).
-
-    Keys: ``version``, ``model``, ``parameters``, ``verdict``, ``deciding check`` (``stage/check``
-    of a rejection), ``stress`` (shortest time to failure in the heat stress; ``—`` when every
-    trajectory survived; ``n/a`` when it did not run), ``force R²`` (reference set / oracle on
-    the model's own trajectories), ``NVE drift`` (largest |drift slope|, meV/atom/ps), ``why``
-    (the deciding failure in one line, or the reason of an Error) and ``report``.
-    """
-    r = row.results or {}
-    model = r.get("model") or {}
-    stages = r.get("stages") or {}
-    stress = stages.get("stress") or {}
-    if stress.get("ran") and stress.get("molecules"):
-        times = [t for m in stress["molecules"] for rep in m.get("replicas", [])
-                 if (t := _failure_time_ps(rep)) is not None]
-        ttf = f"{min(times):.2f} ps" if times else "—"
-    else:
-        ttf = "n/a"
-    acc = r.get("accuracy") or {}
-    ref_r2 = acc.get("force_r2") if acc.get("applicable", True) else None
-    oracle = stages.get("oracle") or {}
-    traj_r2 = ((oracle.get("per_molecule") or {}).get("all") or {}).get("force_r2") if oracle.get("ran") else None
-    drifts = [abs(c["value"]) for m in r.get("molecules", []) for c in m.get("checks", [])
-              if c.get("name") == "drift_slope_meV_per_atom_per_ps" and c.get("value") is not None]
-    status = row.version.status.value if row.version.status else (r.get("verdict") or "-")
-    failed = r.get("failed_checks") or []
-    why = "" if status == "Approved" else (failed[0] if failed else r.get("reason", ""))
-    return {
-        "version": f"v{row.version.version}",
-        "model": row.stem,
-        "parameters": f"{model['n_parameters']:,}" if model.get("n_parameters") else "n/a",
-        "verdict": status,
-        "deciding check": r.get("decided_by") or ("" if status == "Approved" else "-"),
-        "stress": ttf,
-        "force R²": f"{_fmt(ref_r2, '.3f')}/{_fmt(traj_r2, '.3f')}",
-        "NVE drift": f"{max(drifts):.3f}" if drifts else "n/a",
-        "why": why,
-        "report": _shown_path(row.report) if row.report else (row.version.report or "-"),
-    }
-
-
-def study_table(rows: list[Row]) -> list[dict[str, str]]:
-    """The study's table: one :func:`study_row` per version."""
-    return [study_row(row) for row in rows]
-
-
-#: (header line 1, header line 2, key) of the printed table; the last column takes what is left.
-_COLUMNS = (("version", "", "version"), ("params", "", "parameters"), ("verdict", "", "verdict"),
-            ("stress", "failure", "stress"), ("force R²", "ref/traj", "force R²"), ("NVE", "drift", "NVE drift"),
-            ("deciding check", "stage/check", "deciding check"))
-#: Unit suffixes of check names, left out in the table (the line under it has the value and unit).
-_UNIT_SUFFIX = re.compile(r"_(meV|eV|K|A|percent|relative)(_per_[A-Za-z]+)*$")
-
-
-def short_check(decided_by: str) -> str:
-    """``sanity/fd_force_error_relative`` → ``sanity/fd_force_error`` (the unit suffix left out)."""
-    stage, _, check = decided_by.rpartition("/")
-    return f"{stage}/{_UNIT_SUFFIX.sub('', check)}" if stage else _UNIT_SUFFIX.sub("", check)
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
-
-
-def render_study(table: list[dict[str, str]], width: int = WIDTH) -> str:
-    """The study as plain text in ``width`` columns: the table, a legend, and the deciding
-    failure of each version not approved, in one line each (the reports have the rest).
-    """
-    cells = [[f"{row['version']} {row['model']}", *(row[key] for _, _, key in _COLUMNS[1:-1]),
-              short_check(row["deciding check"])] for row in table]
-    heads = [(h1, h2) for h1, h2, _ in _COLUMNS]
-    widths = [max([len(h1), len(h2)] + [len(c[k]) for c in cells]) for k, (h1, h2) in enumerate(heads)]
-    gap = 2
-    over = sum(widths) + gap * (len(widths) - 1) - width
-    for k in (len(widths) - 1, 0):  # shrink the deciding check, then the version/model column
-        cut = max(0, min(over, widths[k] - 12))
-        widths[k] -= cut
-        over -= cut
-    right = {1, 3, 4, 5}
-
-    def line(values: list[str]) -> str:
-        out = [_cut(v, w).rjust(w) if k in right else _cut(v, w).ljust(w)
-               for k, (v, w) in enumerate(zip(values, widths, strict=True))]
-        return (" " * gap).join(out).rstrip()
-
-    text = [line([h1 for h1, _ in heads]), line([h2 for _, h2 in heads]),
-            "-" * min(width, sum(widths) + gap * (len(widths) - 1))]
-    text += [line(c) for c in cells]
-    text += _wrap("stress: time to the first failure in the heat ramp (— = every trajectory survived); "
-                  "force R²: reference set / oracle on the model's own MD frames; NVE drift: largest "
-                  "|slope| of E(t), meV/atom/ps; n/a: not run", width)
-    reasons = [row for row in table if row["why"]]
-    if reasons:
-        text.append("")
-        for row in reasons:
-            text += _wrap(f"{row['version']} {row['model']} {row['verdict']}: {row['why']}", width)
-    return "\n".join(text)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width, subsequent_indent="    ") if len(text) > width else [text]
-
-
 @contextlib.contextmanager
 def _quiet_registration():
     """Keep the demo's output to its own lines: no MLflow run URLs, pickle warnings or INFO
     lines, and no torch deprecation warnings from loading the models (their facts are tagged).
     """
-    import logging
-    import warnings
-
     logger = logging.getLogger("mlflow")
     level = logger.level
     old = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
@@ -377,8 +241,6 @@ def _quiet_registration():
 def steps_per_molecule(config: Path) -> int | None:
     """MD steps a gate asks per molecule under ``config``: the longer of NVE and heat stress."""
     try:
-        from mdgate.config import load_config
-
         c = load_config(config)
     except Exception:
         return None
@@ -388,7 +250,7 @@ def steps_per_molecule(config: Path) -> int | None:
 def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: float = 2400.0,
              echo=print, out=None, live: bool | None = None) -> list[dict[str, str]]:
     """Run the whole demo; return the study table (:func:`study_table`; print it with
-    :func:`render_study`). ``out``/``live``: where the progress lines go (see
+    ``flows.demo_table.render_study``). ``out``/``live``: where the progress lines go (see
     :func:`wait_for_verdicts`).
     """
     t0 = time.monotonic()

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: torch.Tensor, monkeypatch) -> None:
-    from flows.demo import MODEL_NAME, STUDY, render_study, run_demo, serve_running, stop_serve
+    from flows.demo import MODEL_NAME, STUDY, run_demo, serve_running, stop_serve
+    from flows.demo_table import render_study
     from flows.servers import free_port
     from flows.settings import load_settings
     from registry import Registry, Status

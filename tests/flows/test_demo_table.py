@@ -10,8 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from flows.demo import Row, render_study, study_table
 from flows.demo_progress import Board, GateView, progress_line, summarize_tasks
+from flows.demo_table import Row, render_study, study_table
 from mdgate.results import (
     AccuracyResult,
     CheckResult,
