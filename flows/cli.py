@@ -2,20 +2,30 @@
 (``register``, ``gate``, ``status``, ``serve``, ``demo``; ``review``, ``history``, ``rollback``,
 ``regate``).
 
-Errors are one line on stderr; ``--traceback`` for more. prefect and mlflow are imported inside
-the commands, after :func:`_gate_settings` has exported the servers' URLs.
+Errors are one line on stderr; ``--traceback`` for more. prefect and mlflow (the registry, the
+flows) and torch are imported inside the commands: prefect and mlflow read the servers' URLs from
+the environment when imported, which :func:`~flows.settings.exported_settings` sets first, and
+importing them takes seconds that ``--help`` or a command that fails early does not pay.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+import mdgate
+from flows.cli_decisions import history, regate, review, rollback
+from flows.oneoff import choose, gate_once
+from flows.settings import exported_settings
 from mdgate.cli import EXIT_APPROVED, EXIT_ERROR, EXIT_REJECTED, fail, read_meta_file, validate
+from mdgate.config import load_config
 from mdgate.errors import MdgateError
 
 app = typer.Typer(
@@ -26,27 +36,37 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(validate)
+for _command in (review, history, rollback, regate):
+    app.command()(_command)
 
 #: ``mdgate gate``: the version waits for a person (``mdgate review``).
 EXIT_PENDING_REVIEW = 3
 
 
+def installed_version() -> str:
+    """The version of mdgate: the installed package's, else the source tree's (``mdgate.__version__``)."""
+    try:
+        return package_version("mdgate")
+    except PackageNotFoundError:
+        return mdgate.__version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mdgate {installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
     """Gate machine-learned interatomic potentials by running molecular dynamics."""
 
 
-def _gate_settings(config: Path | None = None):  # returns flows.settings.Settings (imported lazily)
-    """``MDGATE_*`` settings (``--config`` wins over ``MDGATE_CONFIG``), exported for prefect/mlflow."""
-    from flows.settings import load_settings
-
-    settings = load_settings(**({"config": config} if config is not None else {}))
-    settings.export_env()
-    return settings
-
-
 def _parse_meta(pairs: list[str]) -> dict[str, str]:
-    from mdgate.potentials import ModelMeta
+    from mdgate.potentials import ModelMeta  # torch: seconds to import (see the module docstring)
 
     out = {}
     for pair in pairs:
@@ -81,7 +101,8 @@ def register(
     The declared units are verified first (forces against the reference set): a model whose forces
     are a known unit ratio off is refused, with the unit to declare.
     """
-    settings = _gate_settings()
+    settings = exported_settings()
+    # after the export (see the module docstring)
     from registry import Registry, RegistryError
     from registry.register import register_potential
 
@@ -122,8 +143,8 @@ def gate(
     temporary local server: no standing Prefect server is needed, only MLflow. Same states,
     report and registry result either way.
     """
-    settings = _gate_settings(config)
-    from flows.oneoff import choose, gate_once
+    settings = exported_settings(config)
+    # after the export (see the module docstring)
     from registry import Registry, RegistryError, Status
 
     try:
@@ -152,8 +173,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The verdicts of a model's versions, from MLflow; flags verdicts made under other criteria."""
-    settings = _gate_settings(config)
-    from mdgate.config import load_config
+    settings = exported_settings(config)
+    # after the export (see the module docstring)
     from registry import Registry, RegistryError
 
     try:
@@ -172,9 +193,6 @@ def status(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{name} ({settings.tracking_uri})")
     for col in ("version", "status", "reason", "updated", "criteria", "aliases"):
         table.add_column(col, overflow="fold", max_width=70 if col == "reason" else None)
@@ -193,7 +211,8 @@ def serve(
     receiver_only: Annotated[bool, typer.Option(help="Only the webhook receiver (gates run on a work pool).")] = False,
 ) -> None:
     """Run the gate deployment, the registry sweep and the webhook receiver (Ctrl-C stops)."""
-    settings = _gate_settings(config)
+    settings = exported_settings(config)
+    # after the export (see the module docstring)
     from flows.serve import serve as run_serve
 
     try:
@@ -215,8 +234,10 @@ def demo(
     stop: Annotated[bool, typer.Option("--stop", help="Stop the demo's servers and exit.")] = False,
 ) -> None:
     """The embedded end-to-end run: servers, gate, teacher + students registered and gated; exit 0, or 2."""
-    settings = _gate_settings(config)
+    settings = exported_settings(config)
+    # after the export (see the module docstring)
     from flows.demo import run_demo, stop_serve
+    from flows.demo_table import render_study
 
     if stop:
         typer.echo("stopped mdgate serve and its servers" if stop_serve(settings) else "the demo is not running")
@@ -225,8 +246,6 @@ def demo(
         table = run_demo(settings, models_dir, timeout_s, echo=typer.echo)
     except (MdgateError, RuntimeError, TimeoutError, FileNotFoundError) as e:
         raise fail(f"{e} (servers log: {settings.home / 'logs'}; stop them with `mdgate demo --stop`)") from None
-    from flows.demo_table import render_study
-
     typer.echo("\nCompression study: teacher and distilled students, gated by MD\n")
     typer.echo(render_study(table))
     typer.echo(f"\nreports:    {settings.home / 'demo-reports'}/v<version>/report.md")
@@ -237,168 +256,10 @@ def demo(
     typer.echo("stop the servers: .venv/bin/mdgate demo --stop")
 
 
-
-def _reviewer(by: str | None) -> str:
-    import os
-
-    who = by or os.environ.get("USER") or ""
-    if not who:
-        raise fail("no reviewer: pass --by NAME (USER is not set)")
-    return who
-
-
-@app.command()
-def review(
-    name: Annotated[str, typer.Argument(help="Registered model name.")],
-    version: Annotated[str, typer.Argument(help="Model version (any status but a running gate).")],
-    approve: Annotated[bool | None, typer.Option("--approve/--reject", help="The decision.")] = None,
-    reason: Annotated[str, typer.Option(help="Why (recorded as mdgate.reason and in the audit trail).")] = "",
-    by: Annotated[str | None, typer.Option(help="Reviewer [default: the USER environment variable].")] = None,
-) -> None:
-    """A person approves or rejects a version (overrules an automatic verdict too); exit 0, or 2.
-
-    Sets mdgate.status, mdgate.decided_by (the reviewer) and mdgate.reason, moves or keeps the
-    `approved` alias, records both in the audit trail, and resumes the gate flow run waiting for
-    this review, if there is one.
-    """
-    if approve is None:
-        raise fail("pass --approve or --reject")
-    if not reason.strip():
-        raise fail('pass --reason "..." (why you decide so)')
-    who = _reviewer(by)
-    settings = _gate_settings()
-    from flows.review import resume_waiting_gate
-    from registry import Registry, RegistryError
-
-    reg = Registry(settings.tracking_uri, settings.experiment)
-    try:
-        before = reg.get_version(name, version)
-        info = reg.review(name, version, approve, reason, who)
-        alias = reg.alias_version(name)
-    except RegistryError as e:
-        raise fail(str(e)) from None
-    typer.echo(f"{name} v{version}: {info.status.value if info.status else '-'} by {who} "
-               f"(was {before.status.value if before.status else 'never gated'}); "
-               f"alias {T_APPROVED}: {('v' + alias) if alias else 'none'}")
-    from flows.notify import notify_decision
-
-    notify_decision(settings, name, version, info.status.value if info.status else "-", info.reason, who)
-    if before.status is not None and before.status.value == "PendingReview":
-        typer.echo(resume_waiting_gate(before.flow_run, approve, reason, who), err=True)
-
-
-#: The alias the gate keeps on the newest Approved version (``registry.types.APPROVED_ALIAS``).
-T_APPROVED = "approved"
-
-
-@app.command()
-def history(
-    name: Annotated[str, typer.Argument(help="Registered model name.")],
-    version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """The audit trail of a model, oldest first: decisions, reviews, alias moves, re-gates, rollbacks."""
-    settings = _gate_settings()
-    from registry import Registry, RegistryError
-
-    try:
-        events = Registry(settings.tracking_uri, settings.experiment).history(name, version)
-    except RegistryError as e:
-        raise fail(str(e)) from None
-    rows = [{"at": e.at.isoformat(timespec="seconds"), "version": e.version, "event": e.kind.value,
-             "status": e.status, "alias": f"{e.alias_from or '-'} → {e.alias_to or '-'}" if e.kind.value in
-             ("alias",) else "", "by": e.decided_by, "reason": e.reason,
-             "criteria": e.criteria_sha256[:12], "flow_run": e.flow_run} for e in events]
-    if as_json:
-        typer.echo(json.dumps([{**e.model_dump(mode="json")} for e in events], indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{name}: audit trail ({settings.tracking_uri}, experiment mdgate-audit)")
-    cols = ("at", "version", "event", "status", "alias", "by", "reason", "criteria", "flow_run")
-    for col in cols:
-        table.add_column(col, overflow="fold", max_width=60 if col == "reason" else None)
-    for row in rows:
-        table.add_row(*(row[c] for c in cols))
-    Console(width=200).print(table)
-
-
-@app.command()
-def rollback(
-    name: Annotated[str, typer.Argument(help="Registered model name.")],
-    reason: Annotated[str, typer.Option(help="Why (recorded on the version and in the audit trail).")] = "",
-    by: Annotated[str | None, typer.Option(help="Who [default: the USER environment variable].")] = None,
-) -> None:
-    """Move `approved` back to the previous Approved version; exit 0, or 2.
-
-    The version that held the alias is marked Rejected by you (the alias always points at the
-    newest Approved version), and both are recorded in the audit trail.
-    """
-    if not reason.strip():
-        raise fail('pass --reason "..." (why you roll back)')
-    who = _reviewer(by)
-    settings = _gate_settings()
-    from registry import Registry, RegistryError
-
-    try:
-        old, alias = Registry(settings.tracking_uri, settings.experiment).rollback(name, reason, who)
-    except RegistryError as e:
-        raise fail(str(e)) from None
-    typer.echo(f"{name}: {T_APPROVED} moved from v{old} to {('v' + alias) if alias else 'none'} "
-               f"(v{old} Rejected by {who})")
-    from flows.notify import notify_decision
-
-    notify_decision(settings, name, old, "Rejected", f"rolled back: {reason}; {T_APPROVED} now "
-                    f"{('v' + alias) if alias else 'none'}", who)
-
-
-@app.command()
-def regate(
-    name: Annotated[str, typer.Argument(help="Registered model name.")],
-    all_versions: Annotated[bool, typer.Option("--all", help="Every version with an outcome, not only those "
-                                                              "judged under other criteria.")] = False,
-    local: Annotated[bool | None, typer.Option(
-        "--local/--server", help="As for `mdgate gate`: in this process, or only through the Prefect server.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Gate config YAML [default: MDGATE_CONFIG, else packaged].")] = None,
-) -> None:
-    """Gate versions again under the current criteria, one after another; exit 0 when each got an
-    outcome, 2 otherwise.
-
-    Without --all: the versions `mdgate status` flags OTHER (judged under other criteria). Each
-    re-gate is recorded in the audit trail.
-    """
-    settings = _gate_settings(config)
-    from flows.oneoff import choose, gate_once
-    from mdgate.config import load_config
-    from registry import Registry, RegistryError
-
-    try:
-        current = load_config(settings.config).sha256()
-        versions = [v for v in Registry(settings.tracking_uri, settings.experiment).list_versions(name)
-                    if v.status is not None and v.status.is_final
-                    and (all_versions or v.criteria_sha256 != current)]
-        if not versions:
-            typer.echo(f"{name}: nothing to re-gate (every version with an outcome was judged under the "
-                       "current criteria; --all re-gates them anyway)")
-            return
-        choice = choose(settings, local)
-        typer.echo(f"re-gating {name} v{', v'.join(v.version for v in reversed(versions))} {choice.why}", err=True)
-        states = {}
-        for v in reversed(versions):
-            state = gate_once(settings, choice.mode, name, v.version, force=True)
-            states[v.version] = state.name
-            typer.echo(f"v{v.version}: {state.name}: {state.message or ''}")
-    except (MdgateError, RegistryError) as e:
-        raise fail(str(e)) from None
-    outcomes = {"Approved", "Rejected", "Error", "PendingReview"}
-    raise typer.Exit(EXIT_APPROVED if all(s in outcomes for s in states.values()) else EXIT_ERROR)
-
-
 def main() -> None:
     """Entry point of the ``mdgate`` script."""
     app()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

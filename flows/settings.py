@@ -178,3 +178,11 @@ def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and ``overrides``)."""
     return Settings(**overrides)  # type: ignore[arg-type]
 
+
+def exported_settings(config: Path | None = None) -> Settings:
+    """The settings for a command (``--config`` wins over ``MDGATE_CONFIG``), with the servers' URLs
+    exported to the environment: call it before anything imports prefect or mlflow.
+    """
+    settings = load_settings(**({"config": config} if config is not None else {}))
+    settings.export_env()
+    return settings
