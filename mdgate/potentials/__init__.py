@@ -1,7 +1,8 @@
 """Potentials: a loaded model turned into a batched energy-and-forces function.
 
-The engine only needs :class:`Potential`; :mod:`mdgate.potentials.schnetpack` implements it for
-schnetpack ``NeuralNetworkPotential`` files.
+The engine only needs :class:`Potential`. :func:`load` is the one way to get one: from a model
+descriptor (:mod:`mdgate.potentials.descriptor`) or a schnetpack model, through the adapter of its
+framework (:mod:`mdgate.potentials.schnetpack`, :mod:`mdgate.potentials.adapters`).
 """
 
 from __future__ import annotations
@@ -80,3 +81,9 @@ class Potential(Protocol):
             Energies in eV ``[n_systems]`` and forces in eV/Å ``[n_atoms, 3]``, float64.
         """
         ...
+
+
+# The one loading entry point (after Potential and ModelMeta, which the adapters import from here).
+from mdgate.potentials.loading import load  # noqa: E402
+
+__all__ = ["ModelMeta", "Potential", "load"]
