@@ -23,8 +23,7 @@ from flows.tasks import REGISTRY_TASK, fetch_candidate, registry_for
 from mdgate.checks.decision import BaselineFigures
 from mdgate.config import GateConfig
 from mdgate.errors import MdgateError
-from mdgate.report.champion import REMEASURED, STORED, BaselineComparison
-from mdgate.results import ValidationResult, Verdict
+from mdgate.results import REMEASURED, STORED, BaselineComparison, ValidationResult, Verdict
 from registry import types as T
 from registry.artifacts import stored_result
 from registry.errors import LeaseLostError, TransientRegistryError

@@ -37,8 +37,7 @@ from flows.tasks import REGISTRY_TASK, fetch_candidate, registry_for, slug
 from mdgate.checks.decision import Decision, settle
 from mdgate.config import GateConfig, load_config
 from mdgate.errors import MdgateError
-from mdgate.report.champion import BaselineComparison
-from mdgate.results import ValidationResult, Verdict
+from mdgate.results import BaselineComparison, ValidationResult, Verdict
 from mdgate.runner import error_result
 from registry.errors import HostStorageError, LeaseLostError, TransientRegistryError
 from registry.types import Claim, ClaimOutcome, Publication, Status

@@ -20,9 +20,8 @@ from flows.settings import Settings
 from flows.tasks import ENGINE_TASK, REGISTRY_TASK, registry_for
 from mdgate.checks.decision import Decision, settle, unpublished_reason
 from mdgate.config import GateConfig
-from mdgate.report.champion import BaselineComparison
 from mdgate.report.markdown import write_report as write_report_files
-from mdgate.results import ValidationResult
+from mdgate.results import BaselineComparison, ValidationResult
 from mdgate.runner import error_result
 from registry.errors import ArtifactStoreError
 from registry.summary import summary_rows

@@ -25,8 +25,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mdgate.report.champion import STORED, BaselineComparison
-from mdgate.results import CheckResult, ComparedFigure, FailedCheck, ValidationResult, Verdict, iter_checks
+from mdgate.results import (
+    STORED,
+    BaselineComparison,
+    CheckResult,
+    ComparedFigure,
+    FailedCheck,
+    ValidationResult,
+    Verdict,
+    iter_checks,
+)
 
 #: The status of a result a person must decide (``mdgate.status`` = ``PendingReview``).
 PENDING_REVIEW = "PendingReview"

@@ -1,58 +1,17 @@
 """The report's comparison with a baseline: candidate and baseline side by side (a table of the
 compared figures, and each molecule's total-energy drift of both overlaid in one plot).
 
-The comparison itself is made above the engine (``flows/champion.py``, which knows the
-registry); this module only renders what it is given, as plain data.
+The comparison itself is made by the decision layer (:mod:`mdgate.checks.decision`); the flow
+only fetches the baseline. This module only renders what it is given.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdgate.report.plots import PlotJob
 from mdgate.report.tables import fmt
-from mdgate.results import BaselineResult, ComparedFigure, MoleculeResult, ValidationResult
-
-#: One compared figure of the candidate and its baseline (the record ``results.json`` keeps).
-Comparison = ComparedFigure
-
-
-STORED = "stored"
-"""The baseline's figures come from its own validation run (same criteria)."""
-REMEASURED = "re-measured"
-"""The gate ran the baseline itself on the candidate's molecules and seeds, under the current criteria."""
-
-
-@dataclass
-class BaselineComparison:
-    """What the report says about the baseline: who it is, where its figures come from, and the
-    compared figures.
-    """
-
-    role: str
-    """``champion`` (the version holding ``approved``) or ``parent``."""
-    label: str | None
-    """The baseline version (``v3``, or ``other-model v3``); ``None`` when there is none."""
-    note: str
-    """The sentence about the comparison that the verdict's reason carries."""
-    origin: str = ""
-    """:data:`STORED`, :data:`REMEASURED`, or empty when no figures were obtained."""
-    origin_note: str = ""
-    """Why the figures were re-measured (or could not be obtained)."""
-    comparisons: list[Comparison] = field(default_factory=list)
-    result: ValidationResult | None = None
-    """The baseline's own result (its energy series are overlaid on the candidate's)."""
-
-    def record(self) -> BaselineResult:
-        """The comparison as ``results.json`` keeps it."""
-        return BaselineResult(role=self.role, version=self.label, origin=self.origin, note=self.note,
-                              figures=list(self.comparisons))
-
-    @property
-    def title(self) -> str:
-        """``champion v3`` / ``parent other-model v3``."""
-        return f"{self.role} {self.label}" if self.label else self.role
+from mdgate.results import REMEASURED, STORED, BaselineComparison, MoleculeResult, ValidationResult
 
 
 def _origin_text(section: BaselineComparison) -> str:

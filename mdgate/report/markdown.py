@@ -11,11 +11,11 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from mdgate.checks.table import CHECKS, Stage
-from mdgate.report.champion import REMEASURED, BaselineComparison, champion_section, overlay_jobs
+from mdgate.report.champion import champion_section, overlay_jobs
 from mdgate.report.plots import PlotJob, render_all
 from mdgate.report.stages import plot_stress, stage_sections
 from mdgate.report.tables import check_rows, fmt, label, markdown_table, molecule_rows, status
-from mdgate.results import MoleculeResult, ValidationResult, Verdict
+from mdgate.results import REMEASURED, BaselineComparison, MoleculeResult, ValidationResult, Verdict
 
 STATUS_LINE = {
     Verdict.APPROVED: "APPROVED FOR MD",

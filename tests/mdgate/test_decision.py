@@ -22,9 +22,10 @@ from mdgate.checks.decision import (
     settle,
     unpublished_reason,
 )
-from mdgate.report.champion import REMEASURED, STORED
 from mdgate.report.markdown import write_report
 from mdgate.results import (
+    REMEASURED,
+    STORED,
     AccuracyResult,
     CheckResult,
     ModelInfo,
