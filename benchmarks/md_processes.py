@@ -5,7 +5,7 @@ of molecules as a batch (the default gate: ``MDGATE_MD_BATCH=lanes``), side by s
     .venv/bin/python benchmarks/md_processes.py [--model examples/models/teacher.pt] [--steps 1000]
         [--parallel 2] [--cores 2] [--repeat 1] [--out benchmarks/results]
 
-Both modes run what the gate flow runs for MD (``flows.gate.run_molecules`` minus Prefect's
+Both modes run what the gate flow runs for MD (``flows.measure.run_molecules`` minus Prefect's
 bookkeeping, which is the same in both): every molecule of the packaged set as one task
 (``mdgate.stages.md.run_md``: NVE and the heat-stress ramp batched, one replica each, the demo's
 profile shortened to ``--steps`` per stage), ``--parallel`` tasks at a time, each with
@@ -109,7 +109,7 @@ def main() -> None:
     config = config_for(args.steps)
     threads = max(1, args.cores // args.parallel)
     inputs = load_inputs(args.model, config, meta, "cpu")
-    # The gate's order (flows.gate.run_molecules): largest first.
+    # The gate's order (flows.measure.run_molecules): largest first.
     inputs.molecules = sorted(inputs.molecules, key=lambda m: len(m.atoms), reverse=True)
     rows, t_threads, t_procs, t_up, t_lanes = [], [], [], [], []
     for k in range(args.repeat):

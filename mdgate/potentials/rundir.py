@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,47 @@ class TrainingRun:
     meta: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
+    def put(self, meta_key: str, value: Any, source: str) -> None:
+        """Record a metadata value and the config key (with its value) it was read from."""
+        self.meta[meta_key] = value
+        self.sources[meta_key] = source
+
 
 def is_training_run(path: str | Path) -> bool:
     """Is ``path`` a folder with ``best_model`` and ``config.yaml`` (a schnetpack run)?"""
     path = Path(path)
     return path.is_dir() and (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file()
+
+
+def _read_energy_units(run: TrainingRun, get: Callable[[str], Any], energy_key: str, forces_key: str,
+                       distance: Any, length_A: float) -> None:
+    """The energy unit of a training run (``data.property_units``), checked against its forces unit.
+
+    Raises:
+        MetadataError: the units are not a mapping, a unit is unknown, or the forces unit is not
+            the energy unit per distance unit.
+    """
+    config_path = run.config_path
+    units = get("data.property_units") or {}
+    if not isinstance(units, dict):
+        raise MetadataError(f"{config_path}: data.property_units must be a mapping, not {units!r}")
+    # omegaconf resolves values, not keys: a key such as ${globals.energy_key} is resolved here.
+    units = {str(get(k[2:-1])) if _INTERPOLATION.fullmatch(str(k)) else str(k): v for k, v in units.items()}
+    energy = units.get(energy_key)
+    if energy is not None:
+        name, energy_eV = _canonical(str(energy), _ENERGY_NAMES, energy_factor, "energy", config_path,
+                                     f"data.property_units.{energy_key}")
+        run.put("energy_unit", name, f"data.property_units.{energy_key} = {energy}")
+        forces = units.get(forces_key)
+        if forces is not None:
+            forces_eV_per_A = _spk_factor(str(forces), "eV/Ang")
+            expected = energy_eV / length_A
+            if forces_eV_per_A is None or not math.isclose(forces_eV_per_A, expected, rel_tol=1e-6):
+                raise MetadataError(
+                    f"{config_path}: data.property_units.{forces_key} = {forces} is not "
+                    f"data.property_units.{energy_key} per data.distance_unit ({energy}/{distance or 'Ang'}); "
+                    "mdgate takes forces as -dE/dR of the energy output"
+                )
 
 
 def read_training_run(path: str | Path) -> TrainingRun:
@@ -92,16 +129,12 @@ def read_training_run(path: str | Path) -> TrainingRun:
             raise MetadataError(f"{config_path}: cannot resolve {key} ({str(e).splitlines()[0][:160]})") from e
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
-    def put(meta_key: str, value: Any, source: str) -> None:
-        run.meta[meta_key] = value
-        run.sources[meta_key] = source
-
     keys = {}
     for meta_key, key, default in (("energy_key", "globals.energy_key", "energy"),
                                    ("forces_key", "globals.forces_key", "forces")):
         value = get(key)
         keys[meta_key] = str(value or default)
-        put(meta_key, keys[meta_key], f"{key} = {value}" if value else f"(no {key}: schnetpack's default)")
+        run.put(meta_key, keys[meta_key], f"{key} = {value}" if value else f"(no {key}: schnetpack's default)")
     energy_key, forces_key = keys["energy_key"], keys["forces_key"]
 
     distance = get("data.distance_unit")
@@ -109,33 +142,14 @@ def read_training_run(path: str | Path) -> TrainingRun:
     if distance is not None:
         name, length_A = _canonical(str(distance), _LENGTH_NAMES, length_factor, "distance", config_path,
                                     "data.distance_unit")
-        put("position_unit", name, f"data.distance_unit = {distance}")
-    units = get("data.property_units") or {}
-    if not isinstance(units, dict):
-        raise MetadataError(f"{config_path}: data.property_units must be a mapping, not {units!r}")
-    # omegaconf resolves values, not keys: a key such as ${globals.energy_key} is resolved here.
-    units = {str(get(k[2:-1])) if _INTERPOLATION.fullmatch(str(k)) else str(k): v for k, v in units.items()}
-    energy = units.get(energy_key)
-    if energy is not None:
-        name, energy_eV = _canonical(str(energy), _ENERGY_NAMES, energy_factor, "energy", config_path,
-                                     f"data.property_units.{energy_key}")
-        put("energy_unit", name, f"data.property_units.{energy_key} = {energy}")
-        forces = units.get(forces_key)
-        if forces is not None:
-            forces_eV_per_A = _spk_factor(str(forces), "eV/Ang")
-            expected = energy_eV / length_A
-            if forces_eV_per_A is None or not math.isclose(forces_eV_per_A, expected, rel_tol=1e-6):
-                raise MetadataError(
-                    f"{config_path}: data.property_units.{forces_key} = {forces} is not "
-                    f"data.property_units.{energy_key} per data.distance_unit ({energy}/{distance or 'Ang'}); "
-                    "mdgate takes forces as -dE/dR of the energy output"
-                )
+        run.put("position_unit", name, f"data.distance_unit = {distance}")
+    _read_energy_units(run, get, energy_key, forces_key, distance, length_A)
     cutoff = get("globals.cutoff")
     if cutoff is None:
         cutoff = get("model.representation.cutoff_fn.cutoff")
     if cutoff is not None:
         try:
-            put("cutoff_A", float(cutoff) * length_A, f"globals.cutoff = {cutoff} {distance or 'Ang'}")
+            run.put("cutoff_A", float(cutoff) * length_A, f"globals.cutoff = {cutoff} {distance or 'Ang'}")
         except (TypeError, ValueError) as e:
             raise MetadataError(f"{config_path}: globals.cutoff = {cutoff!r} is not a number") from e
     return run
