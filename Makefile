@@ -46,6 +46,7 @@ docs: venv
 
 lint: venv
 	$(VENV)/bin/ruff check mdgate registry flows tests scripts benchmarks
+	$(VENV)/bin/mypy mdgate flows registry
 
 clean:
 	rm -rf $(VENV) .pytest_cache

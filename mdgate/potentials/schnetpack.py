@@ -106,6 +106,11 @@ class _StaticInputs:
     """Zero pair offsets (grown as needed; sliced to the pairs of a step)."""
 
 
+#: The arguments of one potential call: numbers, positions (Å), system index, number of systems,
+#: pair indices i and j.
+CallArgs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]
+
+
 class SchnetpackPotential:
     """A schnetpack-style model (dict of ``schnetpack.properties`` in, dict out) as a potential.
 
@@ -124,7 +129,7 @@ class SchnetpackPotential:
         for p in self.model.parameters():
             p.requires_grad_(False)
         if hasattr(self.model, "do_postprocessing"):
-            self.model.do_postprocessing = True
+            setattr(self.model, "do_postprocessing", True)  # noqa: B010 (torch types module attributes as Tensor | Module)
         self.n_parameters = count_parameters(self.model)
         params = list(self.model.parameters())
         self.dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
@@ -155,7 +160,7 @@ class SchnetpackPotential:
                 and self.model_call == "eager":
             self._compile_pending = True
 
-    def compile(self, check: tuple[torch.Tensor, ...] | None = None, atol_eV_per_A: float = 1e-3) -> str:
+    def compile(self, check: CallArgs | None = None, atol_eV_per_A: float = 1e-3) -> str:
         """Compile the representation with ``torch.compile(dynamic=True)`` and keep it only if it
         runs and reproduces the eager forces on ``check`` (the arguments of one call).
 
@@ -167,8 +172,8 @@ class SchnetpackPotential:
             return "eager: model has no representation module to compile"
         try:
             expected = self(*check) if check is not None else None
-            self.model.representation = torch.compile(rep, dynamic=True)
-            if check is not None:
+            setattr(self.model, "representation", torch.compile(rep, dynamic=True))  # noqa: B010 (torch types it Tensor)
+            if check is not None and expected is not None:
                 _, forces = self(*check)
                 diff = float((forces - expected[1]).abs().max())
                 if not diff <= atol_eV_per_A:

@@ -54,7 +54,7 @@ class RepresentationSpec(_Strict):
 class ArchitectureSpec(_Strict):
     """What is needed to rebuild a schnetpack ``NeuralNetworkPotential`` before loading weights."""
 
-    format: Literal["mdgate.state_dict/1"] = FORMAT
+    format: Literal["mdgate.state_dict/1"] = "mdgate.state_dict/1"
     representation: RepresentationSpec
     n_rbf: Annotated[int, Field(gt=0, le=1024)]
     """Gaussian radial basis functions."""
@@ -126,28 +126,40 @@ def spec_from_module(model: nn.Module) -> ArchitectureSpec:
                                    shared_interactions=_shared(rep.interactions),
                                    shared_filters=bool(rep.share_filters))
     elif isinstance(rep, spk.representation.SchNet):
+        interactions = _module_list(rep, "interactions")
+        in2f = interactions[0].in2f
+        if not isinstance(in2f, nn.Linear):
+            raise ModelLoadError(f"SchNet interaction's in2f is a {type(in2f).__name__}, not a Linear layer")
         rspec = RepresentationSpec(type="SchNet", n_atom_basis=rep.n_atom_basis,
-                                   n_interactions=len(rep.interactions),
-                                   n_filters=rep.interactions[0].in2f.out_features,
-                                   shared_interactions=_shared(rep.interactions))
+                                   n_interactions=len(interactions), n_filters=in2f.out_features,
+                                   shared_interactions=_shared(interactions))
     else:
         raise ModelLoadError(f"the state-dict format describes PaiNN and SchNet, not {type(rep).__name__}")
-    heads = [m for m in model.output_modules if isinstance(m, spk.atomistic.Atomwise)]
-    forces = [m for m in model.output_modules if isinstance(m, spk.atomistic.Forces)]
+    outputs, post = _module_list(model, "output_modules"), _module_list(model, "postprocessors")
+    heads = [m for m in outputs if isinstance(m, spk.atomistic.Atomwise)]
+    forces = [m for m in outputs if isinstance(m, spk.atomistic.Forces)]
     if len(heads) != 1 or len(forces) != 1:
         raise ModelLoadError("the state-dict format needs one Atomwise energy head and one Forces output")
     dense = [m for m in heads[0].outnet if isinstance(m, nn.Linear)]
     hidden = [m.out_features for m in dense[:-1]]
-    offsets = [p for p in model.postprocessors if isinstance(p, spk.transform.AddOffsets)]
+    offsets = [p for p in post if isinstance(p, spk.transform.AddOffsets)]
     return ArchitectureSpec(
         representation=rspec, n_rbf=rep.radial_basis.n_rbf, cutoff_A=float(rep.cutoff_fn.cutoff),
         energy_key=heads[0].output_key, forces_key=forces[0].force_key, head_n_layers=len(dense),
         head_n_hidden=hidden or None,
-        cast_to_64=any(isinstance(p, spk.transform.CastTo64) for p in model.postprocessors),
+        cast_to_64=any(isinstance(p, spk.transform.CastTo64) for p in post),
         add_atomrefs=bool(offsets and offsets[0].add_atomrefs),
         add_mean=bool(offsets and offsets[0].add_mean),
         zmax=int(offsets[0].atomref.numel()) if offsets else 100,
     )
+
+
+def _module_list(owner: nn.Module, name: str) -> nn.ModuleList:
+    """``owner.<name>`` as the module list it must be (torch types module attributes loosely)."""
+    value = getattr(owner, name)
+    if not isinstance(value, nn.ModuleList):
+        raise ModelLoadError(f"{type(owner).__name__}.{name} is a {type(value).__name__}, not a module list")
+    return value
 
 
 def _shared(blocks: nn.ModuleList) -> bool:

@@ -154,7 +154,8 @@ def diagnose_force_units(potential: Potential, molecules: list[Molecule], refere
     usable = [m for m in molecules if _handles(potential, m.atoms)]
     if usable:
         return _diagnose_plausibility(potential, usable, base)
-    return UnitDiagnosis(method="skipped", **base, note="no molecule or reference frame the model can evaluate")
+    return UnitDiagnosis(method="skipped", declared_energy_unit=energy_unit, declared_position_unit=position_unit,
+                         note="no molecule or reference frame the model can evaluate")
 
 
 # ------------------------------------------------------------------------------- with a reference
@@ -328,9 +329,9 @@ def _evaluate(potential: Potential, frames: list[Atoms]) -> tuple[np.ndarray, li
     except Exception as exc:
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise ModelInterfaceError(f"model failed in the unit check ({type(exc).__name__}: {reason})") from exc
-    f = f.detach().cpu().numpy()
+    forces = f.detach().cpu().numpy()
     offsets = np.cumsum([0] + [len(a) for a in frames])
-    return e.detach().cpu().numpy(), [f[offsets[k]:offsets[k + 1]] for k in range(len(frames))]
+    return e.detach().cpu().numpy(), [forces[offsets[k]:offsets[k + 1]] for k in range(len(frames))]
 
 
 def _times(x: float | None) -> str:
