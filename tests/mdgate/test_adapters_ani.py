@@ -110,3 +110,23 @@ def test_coverage_comes_from_the_model_itself(packaged_molecules: list[Molecule]
     too_many = bare.model_copy(update={"elements": ["H", "C", "N", "O", "F"]})
     with pytest.raises(MetadataError, match="declares elements F that the model itself does not cover"):
         load(too_many.with_root(EXAMPLE), device="cpu")
+
+
+def test_the_pipeline_runs_every_stage_on_ani(
+        batched: TorchaniPotential, packaged_molecules: list[Molecule], packaged_reference: ReferenceSet) -> None:
+    from mdgate import runner
+    from mdgate.config import parse_config
+    from tests.models import QUICK_STAGES
+
+    names = ("ethanol", "malonaldehyde")
+    mols = [m for m in packaged_molecules if m.name in names]
+    keep = [k for k, n in enumerate(packaged_reference.names) if n in names]
+    reference = ReferenceSet([packaged_reference.frames[k] for k in keep], packaged_reference.level_of_theory,
+                             [packaged_reference.names[k] for k in keep])
+    config = parse_config({**QUICK_STAGES, "md": {"n_steps": 60, "n_replicas": 1, "record_every": 10,
+                                                  "device": "cpu"}, "oracle": {"enabled": False}})
+    result = runner.run_pipeline(runner.Inputs(batched, mols, reference), config, batched.meta, str(EXAMPLE))
+    assert result.verdict.value != "Error", result.reason
+    assert {s: st.ran for s, st in result.stages.items()} == {"sanity": True, "nve": True, "stress": True,
+                                                              "accuracy": True}
+    assert result.model.level_of_theory == "wB97X/6-31G(d)" and result.model.n_parameters == batched.n_parameters
