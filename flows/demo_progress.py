@@ -33,7 +33,7 @@ from flows.tasks import slug
 _SUFFIX = re.compile(r"-([0-9a-f]{3}|\d+)$")
 _MOLECULES = re.compile(r"over (\d+) molecules")
 #: Flow run states of a gate that waits for a place (``MDGATE_MAX_GATES`` gates run at a time).
-QUEUED_STATES = frozenset({"Scheduled", "Late", "AwaitingConcurrencySlot"})
+QUEUED_STATES = frozenset({"Queued", "Scheduled", "Late", "AwaitingConcurrencySlot"})
 
 
 @dataclass

@@ -368,8 +368,14 @@ def test_serve_runs_at_most_max_gates_at_once(served: Served, registry: Registry
                 for _ in range(max_gates + 1)]
     done = wait_for_statuses(registry, name, dict.fromkeys(versions, t0))
     assert all(done[v][0].status == Status.REJECTED for v in versions), [done[v][0].reason for v in versions]
-    spans = []
+    from prefect.client.orchestration import get_client  # after the stack has set PREFECT_API_URL
+
+    spans, states = [], []
     for v in versions:
         [run] = final_flow_runs(f"gate/{name}/v{v}")
         spans.append((run.start_time, run.end_time))
+        with get_client(sync_client=True) as client:
+            states.append([st.name for st in client.read_flow_run_states(run.id)])
     assert peak_overlap(spans) == max_gates, spans
+    # Waiting for its place, a gate run is Queued (never Late, which a person reads as a fault).
+    assert all(history[0] == "Queued" and "Late" not in history for history in states), states
