@@ -211,6 +211,8 @@ class Descriptor(BaseModel):
             tags["mdgate.level_of_theory"] = self.level_of_theory
         if self.requirements:
             tags["mdgate.requirements"] = " ".join(self.requirements)
+        if self.framework == Framework.SCHNETPACK and self.loader is None:
+            tags.update({f"mdgate.{k}": str(v) for k, v in sorted(self.kwargs.items())})
         return tags
 
     def to_yaml(self) -> str:

@@ -183,3 +183,9 @@ def test_the_example_descriptors_validate() -> None:
     for path in sorted((REPO / "examples" / "ani1x").glob("*.yaml")):
         d = read_descriptor(path)
         assert isinstance(d, Descriptor) and d.requirements, path
+
+
+def test_tags_of_a_schnetpack_descriptor_name_its_output_keys() -> None:
+    tags = describe(GOOD_MODEL).tags()
+    assert tags["mdgate.energy_key"] == "energy" and tags["mdgate.forces_key"] == "forces"
+    assert tags["mdgate.cutoff_A"] == "5" and tags["mdgate.framework"] == "schnetpack"
