@@ -122,13 +122,25 @@ def load_model(model_uri: str, device: str = "cpu", dst_path: str | Path | None 
     return PotentialCalculator(load_potential(model_uri, device, dst_path))
 
 
+def descriptor_path(local: str | Path) -> Path | None:
+    """The descriptor file of a downloaded MLflow model folder with the ``mdgate`` flavor (``None``
+    for other models), for the gate: ``mdgate.potentials.load`` takes it as it is.
+    """
+    mlmodel = Path(local) / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    conf = Model.load(str(mlmodel)).flavors.get(FLAVOR_NAME)
+    return None if conf is None else Path(local) / str(conf["descriptor"])
+
+
 def _load_local(local: Path, device: str) -> Potential:
     """Load the potential of a downloaded MLflow model folder."""
-    flavors = Model.load(str(local / "MLmodel")).flavors
-    if FLAVOR_NAME not in flavors:
-        raise ModelLoadError(f"{local} is an MLflow model without the {FLAVOR_NAME} flavor "
-                             f"(flavors: {sorted(flavors)}); log it with registry.flavor.log_model")
-    return load(local / flavors[FLAVOR_NAME]["descriptor"], device=device)
+    found = descriptor_path(local)
+    if found is None:
+        flavors = sorted(Model.load(str(local / "MLmodel")).flavors) if (local / "MLmodel").is_file() else []
+        raise ModelLoadError(f"{local} is not an MLflow model with the {FLAVOR_NAME} flavor (flavors: {flavors}); "
+                             "log it with registry.flavor.log_model")
+    return load(found, device=device)
 
 
 class _PyfuncPotential:

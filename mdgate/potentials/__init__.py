@@ -83,7 +83,19 @@ class Potential(Protocol):
         ...
 
 
+class LoadedPotential(Potential, Protocol):
+    """A potential as :func:`load` returns it, whatever its framework: with the metadata it was
+    loaded with and a check of the elements it covers.
+    """
+
+    meta: ModelMeta
+
+    def check_elements(self, numbers: list[int] | set[int]) -> None:
+        """Raise :class:`~mdgate.errors.ModelInterfaceError` for elements the model does not cover."""
+        ...
+
+
 # The one loading entry point (after Potential and ModelMeta, which the adapters import from here).
 from mdgate.potentials.loading import load  # noqa: E402
 
-__all__ = ["ModelMeta", "Potential", "load"]
+__all__ = ["LoadedPotential", "ModelMeta", "Potential", "load"]

@@ -19,14 +19,14 @@ from torch import nn
 
 from mdgate.errors import ModelInterfaceError, ModelLoadError
 from mdgate.molecules import Molecule
-from mdgate.potentials import ModelMeta, Potential
+from mdgate.potentials import LoadedPotential, ModelMeta, Potential
 from mdgate.potentials.adapters import AsePotential, TorchaniPotential
 from mdgate.potentials.describe import resolve
 from mdgate.potentials.descriptor import Descriptor, Framework, symbol
 from mdgate.potentials.schnetpack import SchnetpackPotential, find_cutoff_A, load_potential, resolve_device
 
 
-def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta | None = None) -> Potential:
+def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta | None = None) -> LoadedPotential:
     """Load a model as a batched potential.
 
     Args:
@@ -38,8 +38,8 @@ def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta 
             descriptor is an error; ``parent`` and such are kept.
 
     Returns:
-        The potential; it has ``meta`` (:class:`ModelMeta`) and ``check_elements``, and those of
-        other frameworks ``descriptor`` and ``elements``.
+        The potential, with ``meta`` (:class:`ModelMeta`) and ``check_elements``; those of other
+        frameworks than schnetpack also have ``descriptor`` and ``elements``.
 
     Raises:
         ModelLoadError: nothing loadable, a loader that cannot be imported or fails.
@@ -50,7 +50,7 @@ def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta 
     return ADAPTERS[descriptor.framework](descriptor, descriptor.model_meta(meta), resolve_device(device))
 
 
-def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> Potential:
+def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
     """Today's path: the model file through :func:`~mdgate.potentials.schnetpack.load_potential`."""
     if descriptor.loader is None:
         return load_potential(descriptor.weight_paths()[0], meta, str(device))
@@ -61,16 +61,16 @@ def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -
     return SchnetpackPotential(module, meta, device)
 
 
-def _ase(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> Potential:
+def _ase(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
     return AsePotential(call_loader(descriptor, device), descriptor, meta, device)
 
 
-def _ani(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> Potential:
+def _ani(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
     return TorchaniPotential(call_loader(descriptor, device), descriptor, meta, device)
 
 
 #: The adapter of each framework: ``(descriptor, meta, device) -> Potential``.
-ADAPTERS: dict[Framework, Callable[[Descriptor, ModelMeta, torch.device], Potential]] = {
+ADAPTERS: dict[Framework, Callable[[Descriptor, ModelMeta, torch.device], LoadedPotential]] = {
     Framework.SCHNETPACK: _schnetpack,
     Framework.ASE: _ase,
     Framework.ANI: _ani,

@@ -68,6 +68,7 @@ def test_a_schnetpack_model_loads_from_the_approved_alias_and_runs_md(
     calc = flavor.load_model(uri, dst_path=tmp_path / "dl")
     assert (tmp_path / "dl" / "potential" / "mdgate.yaml").is_file()
     assert (tmp_path / "dl" / "potential" / GOOD_MODEL.name).read_bytes() == GOOD_MODEL.read_bytes()
+    assert flavor.descriptor_path(tmp_path / "dl") == tmp_path / "dl" / "potential" / "mdgate.yaml"
     ethanol = packaged_molecules[0]
     e0, e10 = ten_steps_of_md(calc, ethanol)
     assert np.isfinite([e0, e10]).all() and abs(e10 - e0) / len(ethanol.atoms) < 5e-3
@@ -102,8 +103,10 @@ def test_ani1x_loads_from_the_approved_alias_and_runs_md(
 def test_a_model_without_the_flavor_is_refused(tracking: MlflowClient, tmp_path: Path) -> None:
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="other", python_model=_Echo())
-    with pytest.raises(ModelLoadError, match="without the mdgate flavor"):
+    refused = r"not an MLflow model with the mdgate flavor \(flavors: \['python_function'\]"
+    with pytest.raises(ModelLoadError, match=refused):
         flavor.load_model(info.model_uri, dst_path=tmp_path)
+    assert flavor.descriptor_path(tmp_path) is None
 
 
 class _Echo(mlflow.pyfunc.PythonModel):
