@@ -22,8 +22,7 @@ from flows.settings import Settings
 from flows.tasks import ENGINE_TASK, call_with_deadline, fetch_candidate, registry_for
 from mdgate.config import GateConfig, OracleKind
 from mdgate.errors import MetadataError
-from mdgate.potentials import ModelMeta
-from mdgate.potentials.schnetpack import load_potential
+from mdgate.potentials import ModelMeta, load
 from mdgate.results import ValidationResult
 from mdgate.runner import Inputs, load_inputs, run_pipeline
 from mdgate.stages.md import MoleculeRun
@@ -76,12 +75,12 @@ def load_parent(settings: Settings, meta: ModelMeta, config: GateConfig, work: P
         MetadataError: no parent named.
     """
     if config.oracle.parent_model is not None:
-        return load_potential(config.oracle.parent_model, ModelMeta(), config.md.device.value), None
+        return load(config.oracle.parent_model, config.md.device.value), None
     name, _, version = (meta.parent or "").rpartition("/")
     if not name or not version:
         raise MetadataError(f"oracle 'parent' needs mdgate.parent = 'name/version' (got {meta.parent!r})")
     parent = fetch_candidate(settings, name, version, work / "parent")
-    return (load_potential(parent.model_path, parent.meta, config.md.device.value),
+    return (load(parent.model_path, config.md.device.value, parent.meta),
             parent.meta.level_of_theory)
 
 

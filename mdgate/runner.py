@@ -27,8 +27,8 @@ from mdgate.config import GateConfig, OracleKind
 from mdgate.errors import MdgateError, ModelInterfaceError
 from mdgate.md.neighbors import all_pairs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
-from mdgate.potentials import ModelMeta, Potential
-from mdgate.potentials.schnetpack import SchnetpackPotential, find_cutoff_A, load_potential
+from mdgate.potentials import LoadedPotential, ModelMeta, Potential, load
+from mdgate.potentials.loading import check_coverage, model_cutoff_A
 from mdgate.report.markdown import write_report
 from mdgate.results import (
     AccuracyResult,
@@ -49,7 +49,7 @@ from mdgate.stages.sanity import run_sanity_stage
 class Inputs:
     """What a validation runs on."""
 
-    potential: SchnetpackPotential
+    potential: LoadedPotential
     molecules: list[Molecule]
     reference: ReferenceSet | None
 
@@ -77,22 +77,22 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
     if config.reference is not None or config.molecules is None:
         reference = read_reference(config.reference)
         check_reference_matches(molecules, reference)
-    potential = load_potential(model, meta, device or config.md.device.value)
+    potential = load(model, device or config.md.device.value, meta)
     declared = (meta or potential.meta).cutoff_A
-    check_cutoff(declared, find_cutoff_A(potential.model, potential.meta.position_unit), potential.meta.position_unit)
+    check_cutoff(declared, model_cutoff_A(potential), potential.meta.position_unit)
     check_potential(potential, molecules)
     from mdgate.potentials.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
     check_force_units(potential, molecules, reference, potential.meta.energy_unit)
     return Inputs(potential, molecules, reference)
 
 
-def check_potential(potential: SchnetpackPotential, molecules: list[Molecule]) -> None:
+def check_potential(potential: LoadedPotential, molecules: list[Molecule]) -> None:
     """Evaluate the model once on the first molecule: outputs, shapes and elements.
 
     Raises:
         ModelInterfaceError: the model cannot serve as a potential for these molecules.
     """
-    potential.check_elements({int(z) for m in molecules for z in m.atoms.numbers})
+    check_coverage(potential, molecules)
     atoms = molecules[0].atoms
     dev = potential.device
     numbers = torch.as_tensor(atoms.numbers, device=dev)
@@ -109,7 +109,7 @@ def check_potential(potential: SchnetpackPotential, molecules: list[Molecule]) -
         ) from e
 
 
-def model_info(source: str, potential: SchnetpackPotential | None, meta: ModelMeta) -> ModelInfo:
+def model_info(source: str, potential: LoadedPotential | None, meta: ModelMeta) -> ModelInfo:
     """Facts about the model for the report."""
     n = potential.n_parameters if potential else None
     ratio = meta.parent_n_parameters / n if (n and meta.parent_n_parameters) else None
@@ -244,9 +244,9 @@ def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = Non
     inputs = load_inputs(model, config, meta, device)
     parent = parent_level = None
     if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT and config.oracle.parent_model:
-        parent = load_potential(config.oracle.parent_model, ModelMeta(), device or config.md.device.value)
+        parent = load(config.oracle.parent_model, device or config.md.device.value)
         parent_level = parent.meta.level_of_theory
-    result = run_pipeline(inputs, config, meta, str(model), progress=progress, parent=parent,
+    result = run_pipeline(inputs, config, inputs.potential.meta, str(model), progress=progress, parent=parent,
                           parent_level=parent_level)
     result.timing.total_s = time.perf_counter() - t0
     if out_dir is not None:

@@ -23,6 +23,7 @@ from registry import types as T
 from registry.client import Registry
 from registry.connection import translate_errors
 from registry.errors import HostStorageError, RegistryError, TransientRegistryError
+from registry.flavor import descriptor_path
 from registry.types import Candidate, VersionInfo
 
 #: Files of an MLflow model folder that are never the model itself.
@@ -83,6 +84,8 @@ def find_model_file(path: Path, source: str) -> Path:
     """
     if path.is_file():
         return path
+    if (descriptor := descriptor_path(path)) is not None:  # a model logged with mdgate's flavor
+        return descriptor
     files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
     if not files:
         raise ModelLoadError(f"the version's model artifact is missing: nothing found at {source}")

@@ -99,7 +99,7 @@ def test_an_element_the_model_never_saw(tmp_path: Path, untrained_model_path: Pa
     atoms.info["name"] = "chloromethane"
     write(mols, [atoms])
     assert_error(invoke(untrained_model_path, "--molecules", mols, "--out", tmp_path / "out"),
-                 "Z=[17]", "not in the model's training data")
+                 "elements outside the model's coverage", "molecule chloromethane (CH3Cl) has Cl")
 
 
 def test_an_unknown_energy_unit(tmp_path: Path, untrained_model_path: Path, small_set) -> None:
