@@ -26,7 +26,7 @@ class Molecule:
     """One start geometry of the validation set.
 
     Attributes:
-        name: identifier (``atoms.info['name']``, else the formula and index).
+        name: identifier (``atoms.info['name']`` or ``['molecule']``, else the formula and index).
         atoms: the start geometry (positions in Å).
     """
 
@@ -84,6 +84,15 @@ def _read_all(path: Path, what: str) -> list[Atoms]:
     return frames
 
 
+#: The ``atoms.info`` keys that name a molecule in a user's file, in order of preference.
+NAME_KEYS = ("name", "molecule", "mol_name", "molecule_name")
+
+
+def molecule_name(atoms: Atoms, default: str) -> str:
+    """A structure's molecule name: the first of :data:`NAME_KEYS` in its info, else ``default``."""
+    return next((str(atoms.info[k]) for k in NAME_KEYS if atoms.info.get(k)), default)
+
+
 def read_molecules(path: str | Path | None = None) -> list[Molecule]:
     """Read the start geometries of a validation set (``None`` = the packaged default).
 
@@ -94,7 +103,7 @@ def read_molecules(path: str | Path | None = None) -> list[Molecule]:
     frames = _read_all(path, "molecules")
     molecules = []
     for i, atoms in enumerate(frames):
-        name = str(atoms.info.get("name") or f"{atoms.get_chemical_formula()}_{i}")
+        name = molecule_name(atoms, f"{atoms.get_chemical_formula()}_{i}")
         atoms = atoms.copy()
         atoms.calc = None
         molecules.append(Molecule(name=name, atoms=atoms))
@@ -131,7 +140,7 @@ def read_reference(path: str | Path | None = None) -> ReferenceSet:
         levels.add(atoms.info.get("level_of_theory"))
     if len(levels) > 1:
         raise MoleculeSetError(f"reference file {path}: mixed levels of theory {sorted(map(str, levels))}")
-    names = [str(a.info.get("name", a.get_chemical_formula())) for a in frames]
+    names = [molecule_name(a, a.get_chemical_formula()) for a in frames]
     return ReferenceSet(frames=frames, level_of_theory=levels.pop(), names=names)
 
 

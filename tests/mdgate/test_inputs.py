@@ -27,3 +27,16 @@ def test_validate_checks_the_cutoff_as_the_gate_does(repo_root) -> None:
     config = GateConfig.model_validate(quick({}))
     with pytest.raises(MetadataError, match="contradictory metadata"):
         load_inputs(repo_root / "examples/models/student_20x.pt", config, ModelMeta(cutoff_A=1.5))
+
+
+def test_molecules_named_under_molecule_keep_their_name(tmp_path) -> None:
+    from ase.build import molecule
+    from ase.io import write
+
+    from mdgate.molecules import read_molecules
+
+    water, methane = molecule("H2O"), molecule("CH4")
+    water.info["molecule"] = "water"
+    methane.info["name"] = "methane"
+    write(tmp_path / "set.extxyz", [water, methane])
+    assert [m.name for m in read_molecules(tmp_path / "set.extxyz")] == ["water", "methane"]
