@@ -79,7 +79,9 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
         check_reference_matches(molecules, reference)
     potential = load(model, device or config.md.device.value, meta)
     declared = (meta or potential.meta).cutoff_A
-    check_cutoff(declared, model_cutoff_A(potential), potential.meta.position_unit)
+    # An adapter that finds its own neighbours (an ASE calculator) needs no cutoff from the engine.
+    check_cutoff(declared, model_cutoff_A(potential), potential.meta.position_unit,
+                 required=getattr(potential, "uses_pairs", True))
     check_potential(potential, molecules)
     from mdgate.potentials.unitcheck import check_force_units  # units verified before MD (an Error, not Rejected)
     check_force_units(potential, molecules, reference, potential.meta.energy_unit)

@@ -7,9 +7,11 @@ from __future__ import annotations
 from mdgate.errors import MetadataError
 
 
-def check_cutoff(declared_A: float | None, own_A: float | None, position_unit: str) -> float:
+def check_cutoff(declared_A: float | None, own_A: float | None, position_unit: str,
+                 required: bool = True) -> float | None:
     """The model's cutoff in Å: the declared one (``mdgate.cutoff_A``) must agree with the one read
-    from the model (converted with its declared ``position_unit``), and one of them must exist.
+    from the model (converted with its declared ``position_unit``), and one of them must exist
+    when ``required`` (a model fed the engine's neighbour pairs; an ASE calculator finds its own).
 
     Raises:
         MetadataError: no cutoff at all, or the two disagree (a wrong unit or cutoff tag would
@@ -23,5 +25,7 @@ def check_cutoff(declared_A: float | None, own_A: float | None, position_unit: s
         return float(declared_A)
     if own_A is not None:
         return float(own_A)
+    if not required:
+        return None
     raise MetadataError("no cutoff: the model has none mdgate can read and none is declared; declare it "
                         "(mdgate.cutoff_A=<Å> on the version, --meta cutoff_A=<Å> to register)")

@@ -81,6 +81,9 @@ class AsePotential(_Adapter):
         device: where the returned tensors live.
     """
 
+    #: The calculator finds its own neighbours: the engine's pairs are not passed to it.
+    uses_pairs = False
+
     def __init__(self, calculator: Any, descriptor: Descriptor, meta: ModelMeta, device: torch.device):
         missing = [p for p in ("energy", "forces") if p not in getattr(calculator, "implemented_properties", ())]
         if missing:

@@ -40,3 +40,13 @@ def test_molecules_named_under_molecule_keep_their_name(tmp_path) -> None:
     methane.info["name"] = "methane"
     write(tmp_path / "set.extxyz", [water, methane])
     assert [m.name for m in read_molecules(tmp_path / "set.extxyz")] == ["water", "methane"]
+
+
+def test_an_ase_calculator_needs_no_cutoff(tmp_path) -> None:
+    """The issue's minimal descriptor (no cutoff, no elements) loads and runs: ASE's EMT."""
+    (tmp_path / "mdgate.yaml").write_text(
+        "framework: ase\nloader: ase.calculators.emt:EMT\nkwargs: {}\nenergy_unit: eV\nlength_unit: Angstrom\n"
+        "level_of_theory: EMT\n")
+    assert check_cutoff(None, None, "Angstrom", required=False) is None
+    inputs = load_inputs(tmp_path, GateConfig.model_validate(quick({})))
+    assert inputs.potential.cutoff_A is None and len(inputs.molecules) == 10
