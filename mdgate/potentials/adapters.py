@@ -15,6 +15,7 @@ schnetpack models keep their own adapter, :class:`mdgate.potentials.schnetpack.S
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,7 +85,8 @@ class AsePotential(_Adapter):
     #: The calculator finds its own neighbours: the engine's pairs are not passed to it.
     uses_pairs = False
 
-    def __init__(self, calculator: Any, descriptor: Descriptor, meta: ModelMeta, device: torch.device):
+    def __init__(self, calculator: Any, descriptor: Descriptor, meta: ModelMeta, device: torch.device,
+                 reload: Callable[[Descriptor, torch.device], Any] | None = None):
         missing = [p for p in ("energy", "forces") if p not in getattr(calculator, "implemented_properties", ())]
         if missing:
             raise ModelInterfaceError(
@@ -92,20 +94,28 @@ class AsePotential(_Adapter):
                 "energy and forces")
         super().__init__(descriptor, meta, device)
         self.calculator = calculator
+        self._reload = reload
         self.n_parameters = _count_parameters(calculator)
         # One calculator holds one structure's state: MD lanes in threads take turns.
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        """Pickled without its lock."""
+        """Pickled without its lock, and without its calculator when it can be rebuilt from the
+        descriptor (calculators often hold what pickle cannot: the MD worker processes build
+        their own).
+        """
         state = self.__dict__.copy()
         state.pop("_lock")
+        if self._reload is not None:
+            state["calculator"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
-        """Unpickled with a fresh lock."""
+        """Unpickled with a fresh lock, and the calculator rebuilt from the descriptor."""
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        if self.calculator is None and self._reload is not None:
+            self.calculator = self._reload(self.descriptor, self.device)
 
     def __call__(self, numbers: torch.Tensor, positions_A: torch.Tensor, system_idx: torch.Tensor,
                  n_systems: int, idx_i: torch.Tensor, idx_j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

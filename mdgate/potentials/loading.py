@@ -62,7 +62,7 @@ def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -
 
 
 def _ase(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
-    return AsePotential(call_loader(descriptor, device), descriptor, meta, device)
+    return AsePotential(call_loader(descriptor, device), descriptor, meta, device, reload=call_loader)
 
 
 def _ani(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:

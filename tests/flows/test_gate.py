@@ -379,3 +379,27 @@ def test_serve_runs_at_most_max_gates_at_once(served: Served, registry: Registry
     assert peak_overlap(spans) == max_gates, spans
     # Waiting for its place, a gate run is Queued (never Late, which a person reads as a fault).
     assert all(history[0] == "Queued" and "Late" not in history for history in states), states
+
+
+def test_a_descriptor_logged_with_the_flavor_is_gated_through_the_webhook(served: Served, registry: Registry,
+                                                                         tmp_path: Path) -> None:
+    """Any MLIP: a model registered with plain MLflow as a descriptor (mdgate's flavor) is gated
+    like any other version, and ends with a verdict, not an Error. ASE's EMT stands in for a
+    third-party calculator (the issue's minimal descriptor: no cutoff, no elements).
+    """
+    import mlflow
+
+    from registry import flavor
+
+    folder = tmp_path / "emt"
+    folder.mkdir()
+    (folder / "mdgate.yaml").write_text(
+        "framework: ase\nloader: ase.calculators.emt:EMT\nkwargs: {}\nenergy_unit: eV\nlength_unit: Angstrom\n"
+        "level_of_theory: EMT\n")
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    name = f"{GATED_PREFIX}flavor-{uuid.uuid4().hex[:6]}"
+    version = str(flavor.log_model(folder, registered_model_name=name).registered_model_version)
+    info, _ = wait_for_status(registry, name, version)
+    assert info.status in (Status.APPROVED, Status.REJECTED), info.reason
+    assert info.report  # the report is stored with the verdict
+    assert registry.get_version(name, version).tags.get(T.LEVEL_OF_THEORY) == "EMT"

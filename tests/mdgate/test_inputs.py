@@ -50,3 +50,21 @@ def test_an_ase_calculator_needs_no_cutoff(tmp_path) -> None:
     assert check_cutoff(None, None, "Angstrom", required=False) is None
     inputs = load_inputs(tmp_path, GateConfig.model_validate(quick({})))
     assert inputs.potential.cutoff_A is None and len(inputs.molecules) == 10
+
+
+def test_an_ase_potential_crosses_to_a_worker_process_by_its_descriptor(tmp_path) -> None:
+    """EMT cannot be pickled once used; the potential travels as its descriptor and is rebuilt."""
+    import pickle
+
+    import torch
+
+    (tmp_path / "mdgate.yaml").write_text(
+        "framework: ase\nloader: ase.calculators.emt:EMT\nenergy_unit: eV\nlength_unit: Angstrom\n")
+    inputs = load_inputs(tmp_path, GateConfig.model_validate(quick({})))
+    pot, atoms = inputs.potential, inputs.molecules[0].atoms
+    args = (torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions), torch.zeros(len(atoms), dtype=torch.long),
+            1, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    e0, f0 = pot(*args)
+    copy = pickle.loads(pickle.dumps(pot))
+    e1, f1 = copy(*args)
+    assert torch.equal(e0, e1) and torch.equal(f0, f1)
