@@ -7,7 +7,6 @@ orchestration commands; this module imports nothing above the engine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,17 +38,10 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 
 def read_meta_file(model: Path, meta_file: Path | None) -> dict:
     """Model metadata from ``--meta-file`` or a ``<model>.json`` sidecar, if there is one."""
-    path = meta_file or (model.with_suffix(".json") if model.suffix else Path(str(model) + ".json"))
-    if meta_file is not None and not path.is_file():
-        raise MdgateError(f"metadata file not found: {path}")
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MdgateError(f"metadata file {path} is not JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise MdgateError(f"metadata file {path} must hold a JSON object")
+    # The engine (torch) is imported when the command runs: `mdgate --help` stays fast.
+    from mdgate.potentials.describe import read_sidecar
+
+    data = read_sidecar(model, meta_file)
     if "n_parameters" in data and "parent_n_parameters" not in data and data.get("parent"):
         data.pop("n_parameters")
     return data

@@ -70,13 +70,21 @@ def describe(path: str | Path, meta: ModelMeta | None = None) -> Descriptor:
     return _schnetpack(data, [file], root, str(root / file))
 
 
-def read_sidecar(model: Path) -> dict[str, Any]:
-    """The metadata of ``<model>.json`` beside a model file (``{}`` when there is none).
+def sidecar_path(model: Path) -> Path:
+    """``<model>.json``: where a model file's metadata sits beside it."""
+    return model.with_suffix(".json") if model.suffix else Path(str(model) + ".json")
+
+
+def read_sidecar(model: Path, path: Path | None = None) -> dict[str, Any]:
+    """Model metadata from a JSON file: ``path``, or ``<model>.json`` beside the model file
+    (``{}`` when that one does not exist).
 
     Raises:
-        MetadataError: the file is not a JSON object.
+        MetadataError: ``path`` is given and missing, or the file is not a JSON object.
     """
-    path = model.with_suffix(".json") if model.suffix else Path(str(model) + ".json")
+    if path is not None and not path.is_file():
+        raise MetadataError(f"metadata file not found: {path}")
+    path = path or sidecar_path(model)
     if not path.is_file():
         return {}
     try:
