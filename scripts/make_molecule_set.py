@@ -77,13 +77,14 @@ def labelled(atoms: Atoms, name: str, smiles: str) -> Atoms:
     return copy
 
 
-def sample(start: Atoms, n: int, every: int, seed: int, name: str, smiles: str) -> list[Atoms]:
-    """Langevin MD at 500 K (0.5 fs, friction 0.01/fs), ``n`` frames ``every`` steps apart."""
+def sample(start: Atoms, n: int, every: int, seed: int, name: str, smiles: str,
+           temperature_K: float = 500.0) -> list[Atoms]:
+    """Langevin MD at ``temperature_K`` (0.5 fs, friction 0.01/fs), ``n`` frames ``every`` steps apart."""
     atoms = start.copy()
     atoms.calc = xtb()
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=500, rng=rng)
-    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.01 / units.fs, rng=rng)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs, rng=rng)
     dyn.run(200)  # equilibrate
     frames = []
     for _ in range(n):

@@ -709,9 +709,12 @@ def run(args: argparse.Namespace) -> None:
     STATE_DIR = Path(args.state_dir).resolve()
     torch.set_num_threads(args.threads)
     set_seeds(args.seed)
-    data = load_frames(Path(args.train))
     reference = load_frames(Path(args.reference))
-    train_frames, val_frames = split_train_val(data, args.val_fraction)
+    train_frames, val_frames = [], []
+    for path in args.train:  # each file split on its own: every file's last frames validate
+        tr, va = split_train_val(load_frames(Path(path)), args.val_fraction)
+        train_frames += tr
+        val_frames += va
     atomrefs = fit_atomrefs(train_frames)
     parent, extra = None, {}
     epochs = args.max_epochs or 10_000
@@ -787,7 +790,7 @@ def run(args: argparse.Namespace) -> None:
         threads=args.threads,
         stop_after_epochs=args.stop_after_epochs,
         data=(
-            "GFN2-xTB train.extxyz"
+            "GFN2-xTB " + " + ".join(Path(t).name for t in args.train)
             if args.command != "student"
             else "teacher-labelled train.extxyz geometries (+ perturbed copies)"
         ),
@@ -888,7 +891,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-dir", default=str(STATE_DIR),
                         help="where the resumable training state is kept")
     parser.add_argument("--model-dir", default=str(MODEL_DIR), help="where to write the model files")
-    parser.add_argument("--train", default=str(TRAIN_PATH))
+    parser.add_argument("--train", nargs="+", default=[str(TRAIN_PATH)],
+                        help="training extxyz file(s); each one's last --val-fraction per molecule validates")
     parser.add_argument("--reference", default=str(REFERENCE_PATH))
     return parser.parse_args(argv)
 
