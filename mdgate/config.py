@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from mdgate.checks.table import CHECKS, DEFAULTS, Stage
 from mdgate.errors import ConfigError
@@ -64,6 +64,10 @@ class MDSettings(_Strict):
     fail_fast: bool = True
     """Stop a trajectory at its first hard failure or when its energy deviation exceeds
     ``fail_fast_margin`` × the bound (an approving trajectory is never shortened)."""
+    hold_fs: Annotated[float, Field(ge=0)] = 0.0
+    """A structural check (bonds, closest approach, H loss) fails only when its bound stays
+    crossed this long (0 = at the first record). At 300 K the oracle's excursions stay far from
+    the bounds (docs/protocol.md), so NVE counts any crossing."""
     fail_fast_margin: Annotated[float, Field(ge=1.0)] = 1.0
     """Multiple of the energy-deviation bound at which a trajectory is stopped early."""
     neighbor_skin_A: Annotated[float, Field(ge=0)] = 0.0
@@ -161,6 +165,10 @@ class StressSettings(_Strict):
     """Trajectories per molecule (``null`` = as in ``md.n_replicas``)."""
     seed: int = 1
     """Seed of the stage's initial velocities and thermostat noise (its own, not the NVE seed)."""
+    hold_fs: Annotated[float, Field(ge=0)] = 50.0
+    """A structural check (bonds, closest approach, H loss) fails only when its bound stays
+    crossed this long: at 1000 K a C–H bond's overshoot lasts a few fs (its period is 11 fs), a
+    broken bond stays broken. Calibrated on the oracle's own ramps (docs/protocol.md)."""
     criteria: StressCriteria = Field(default_factory=StressCriteria)  # type: ignore[valid-type]
 
     @property
@@ -172,6 +180,46 @@ class StressSettings(_Strict):
     def ramp_steps(self) -> int:
         """Steps of the ramp."""
         return round(self.ramp_ps * 1000.0 / self.timestep_fs)
+
+
+class Undecided(StrEnum):
+    """What a molecule whose failure rate is still undecided at ``rates.max_replicas`` becomes."""
+
+    REJECT = "reject"
+    REVIEW = "review"
+
+
+class RateSettings(_Strict):
+    """Decide each molecule of an MD stage on its failure rate over trajectories, with confidence,
+    running confirmation replicas while it is undecided.
+
+    A molecule fails when the failure rate's interval lies above ``acceptable_failure_rate`` and
+    passes when it lies below ``unacceptable_failure_rate`` (two-sided Wilson interval at
+    ``confidence``); between, ``batch_replicas`` more trajectories of that molecule run, up to
+    ``max_replicas``. The operating characteristic of these defaults is in docs/protocol.md.
+    """
+
+    enabled: bool = True
+    """``false``: any failing trajectory fails its molecule (no confirmation replicas)."""
+    acceptable_failure_rate: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """A rate a usable model may have: shown above it, the molecule fails."""
+    unacceptable_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """A rate no usable model has: shown below it, the molecule passes."""
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.9
+    """Coverage of the two-sided Wilson interval (0.9: each bound one-sided at 95 %)."""
+    batch_replicas: Annotated[int, Field(ge=1, le=64)] = 3
+    """Trajectories added per round for an undecided molecule (batched together)."""
+    max_replicas: Annotated[int, Field(ge=1, le=256)] = 12
+    """Cap on a molecule's trajectories per stage."""
+    undecided: Undecided = Undecided.REJECT
+    """At the cap: ``reject``, or ``review`` (PendingReview when the gate's review is on, else Rejected)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RateSettings:
+        if self.acceptable_failure_rate >= self.unacceptable_failure_rate:
+            raise ValueError(f"acceptable_failure_rate ({self.acceptable_failure_rate}) must be below "
+                             f"unacceptable_failure_rate ({self.unacceptable_failure_rate})")
+        return self
 
 
 class OracleKind(StrEnum):
@@ -214,6 +262,8 @@ class GateConfig(_Strict):
     sanity: SanitySettings = Field(default_factory=SanitySettings)
     stress: StressSettings = Field(default_factory=StressSettings)
     oracle: OracleSettings = Field(default_factory=OracleSettings)
+    rates: RateSettings = Field(default_factory=RateSettings)
+    """Failure rates of the MD stages (NVE, stress), decided with confidence."""
     molecules: Path | None = None
     """Validation set (extxyz or ASE db); ``null`` = the packaged default set."""
     reference: Path | None = None

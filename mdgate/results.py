@@ -60,6 +60,38 @@ class ReplicaResult(BaseModel):
     """Time series for plots (``time_ps``, ``e_tot_minus_e0_meV_per_atom``, ``temperature_K``)."""
 
 
+class FailureRate(BaseModel):
+    """A molecule's failure rate over its trajectories in one MD stage, and what it decided."""
+
+    n_trajectories: int
+    n_failed: int
+    """Trajectories on which a required check failed."""
+    confidence: float
+    interval: tuple[float, float]
+    """Two-sided Wilson interval of the failure rate at ``confidence``."""
+    acceptable_failure_rate: float
+    unacceptable_failure_rate: float
+    decision: str
+    """``pass``, ``fail`` or ``undecided`` (at the cap, or not confirmed because the stage failed)."""
+    confirmation_replicas: int = 0
+    """Trajectories run beyond the stage's first replicas because the rate was undecided."""
+    absolute_failures: list[str] = Field(default_factory=list)
+    """Checks that fail their molecule on one trajectory (``CheckSpec.by_rate`` false) and did."""
+    times_to_failure_ps: list[float] = Field(default_factory=list)
+    note: str = ""
+
+    @property
+    def survival_fraction(self) -> float:
+        """Trajectories that survived, as a fraction."""
+        return 1.0 - self.n_failed / self.n_trajectories if self.n_trajectories else 0.0
+
+    def line(self) -> str:
+        """``2/12 failed (failure rate 4–39 % at 90 %)``."""
+        lo, hi = self.interval
+        return (f"{self.n_failed}/{self.n_trajectories} failed (failure rate {100 * lo:.0f}–{100 * hi:.0f} % "
+                f"at {100 * self.confidence:.0f} %)")
+
+
 class MoleculeResult(BaseModel):
     """All replicas of one molecule, with a summary over them (worst value per check)."""
 
@@ -75,6 +107,8 @@ class MoleculeResult(BaseModel):
     statistics: dict[str, dict[str, float]] = Field(default_factory=dict)
     """Per check across replicas: ``mean``, ``std``, ``min``, ``max`` of the measured values."""
     stage: str = "nve"
+    rate: FailureRate | None = None
+    """The failure rate over the replicas and its decision (``None``: rates off)."""
 
 
 class AccuracyResult(BaseModel):
@@ -141,6 +175,10 @@ class FailedCheck(BaseModel):
     n_total: int = 1
     time_ps: float | None = None
     temperature_K: float | None = None
+    rate: str | None = None
+    """The molecule's failure rate as decided (:meth:`FailureRate.line`)."""
+    undecided: bool = False
+    """Failed because its molecule's failure rate was still undecided at the replica cap."""
 
     def line(self) -> str:
         """The one-line form (``failed_checks`` of ``results.json``)."""
@@ -150,6 +188,8 @@ class FailedCheck(BaseModel):
             at += f", {self.temperature_K:.0f} K"
         md_stage = self.n_total > 1 or self.stage in ("nve", "stress")
         reps = f"; {self.n_failed}/{self.n_total} replicas" if md_stage else ""
+        if self.rate:
+            reps = f"; {self.rate}" + ("; undecided at the replica cap" if self.undecided else "")
         return (f"{where}: {self.check} = {fmt(self.value)} {self.unit}".rstrip()
                 + f" (bound {self.comparison} {fmt(self.bound)}{reps}{at})")
 

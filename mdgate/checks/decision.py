@@ -210,12 +210,26 @@ def borderline_checks(result: ValidationResult, margin: float) -> list[str]:
     return lines
 
 
+def undecided_for_review(result: ValidationResult) -> list[str]:
+    """The failures of a Rejected result when every one is a failure rate still undecided at the
+    replica cap and the config sends those to review (``rates.undecided: review``), else ``[]``.
+    """
+    rates = result.criteria.get("config", {}).get("rates", {})
+    if result.verdict != Verdict.REJECTED or rates.get("undecided") != "review" or not result.failures:
+        return []
+    if not all(f.undecided for f in result.failures):
+        return []
+    return list(dict.fromkeys(f"{f.stage}/{f.where}: {f.rate}" for f in result.failures))
+
+
 def review_reason(result: ValidationResult, margin: float | None) -> str | None:
     """Why a person must decide ``result``, or ``None``; ``margin`` ``None``: review is off."""
     if margin is None:
         return None
     if result.verdict == Verdict.ERROR:
         return f"awaiting review: Error: {result.reason}"
+    if (undecided := undecided_for_review(result)):
+        return "awaiting review: failure rate undecided at the replica cap: " + "; ".join(undecided)
     if result.verdict != Verdict.APPROVED:
         return None
     near = borderline_checks(result, margin)

@@ -11,9 +11,10 @@ from pydantic import BaseModel
 
 from mdgate.checks.metrics import TRAJECTORY_METRICS, energy_metrics, force_accuracy
 from mdgate.checks.table import CHECKS, live_checks
-from mdgate.config import Bound
-from mdgate.md.trajectory import Trajectory
-from mdgate.results import AccuracyResult, CheckResult, FailureInfo, MoleculeResult, ReplicaResult
+from mdgate.checks.rates import RateDecision, decide_rate, wilson_interval
+from mdgate.config import Bound, RateSettings
+from mdgate.md.trajectory import Trajectory, sustained
+from mdgate.results import AccuracyResult, CheckResult, FailureInfo, FailureRate, MoleculeResult, ReplicaResult
 
 # -------------------------------------------------------------------------------- evaluation
 
@@ -71,6 +72,12 @@ def _run_metrics(traj: Trajectory, criteria: Any) -> dict[str, float | None]:
     for name in live_checks():
         if name in traj.series and name not in metrics:
             metrics[name] = _reduce(traj.series[name], CHECKS[name].reduction)
+            if CHECKS[name].held and traj.hold_records > 1:
+                # A held check's value is the worst level the run kept for the hold; its peak is
+                # kept beside it.
+                metrics[f"{name}_peak"] = metrics[name]
+                finite = [v for v in traj.series[name] if v == v]
+                metrics[name] = sustained(finite, min(traj.hold_records, len(finite)), CHECKS[name].lower)
     if traj.step:
         metrics["mean_temperature_K"] = float(np.nanmean(np.asarray(traj.temperature_K, float)))
     fail = traj.failure
@@ -208,10 +215,15 @@ def worst_checks(groups: list[list[CheckResult]]) -> list[CheckResult]:
 
 
 def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], steps_asked: int,
-                       n_atoms: int, stage: str = "nve") -> MoleculeResult:
-    """Combine replicas: each check keeps its worst replica; passed = all required pass.
+                       n_atoms: int, stage: str = "nve", rates: RateSettings | None = None,
+                       confirmation_replicas: int = 0) -> MoleculeResult:
+    """Combine replicas: each check keeps its worst replica; per-check statistics across replicas
+    (mean, std, min, max) go to ``statistics``.
 
-    Per-check statistics across replicas (mean, std, min, max) go to ``statistics``.
+    Without ``rates`` (or with them off) the molecule passes when every required check passes on
+    every replica. With them, it is decided on its failure rate (:func:`decide_rate`): a check
+    that failed only on trajectories of a tolerated rate passes, noted with the count; a check
+    that is not ``by_rate`` fails the molecule on one trajectory.
     """
     checks = worst_checks([r.checks for r in replicas])
     statistics: dict[str, dict[str, float]] = {}
@@ -225,10 +237,40 @@ def summarize_molecule(name: str, formula: str, replicas: list[ReplicaResult], s
     for key in replicas[0].metrics:
         vals = [x for r in replicas if (x := r.metrics.get(key)) is not None]
         summary[key] = float(np.mean(vals)) if vals else None
+    rate = failure_rate(replicas, rates, confirmation_replicas) if rates is not None and rates.enabled else None
+    if rate is not None and rate.decision == RateDecision.PASS and rate.n_failed:
+        checks = [c.model_copy(update={"passed": True, "note": _tolerated(c, replicas, rate)})
+                  if c.required and c.passed is False else c for c in checks]
     passed = all(c.passed is not False for c in checks if c.required)
     return MoleculeResult(name=name, formula=formula, n_atoms=n_atoms, steps_asked=steps_asked,
                           passed=passed, summary=summary, checks=checks, replicas=replicas,
-                          statistics=statistics, stage=stage)
+                          statistics=statistics, stage=stage, rate=rate)
+
+
+def _failed(r: ReplicaResult) -> list[str]:
+    return [c.name for c in r.checks if c.required and c.passed is False]
+
+
+def failure_rate(replicas: list[ReplicaResult], rates: RateSettings, confirmation_replicas: int = 0) -> FailureRate:
+    """The failure rate of ``replicas`` (a replica fails when any required check does) and its
+    decision; a failing check that is not ``by_rate`` fails the molecule outright.
+    """
+    failed = [r for r in replicas if _failed(r)]
+    absolute = sorted({n for r in failed for n in _failed(r) if not CHECKS[n].by_rate})
+    k, n = len(failed), len(replicas)
+    decision = RateDecision.FAIL if absolute else decide_rate(k, n, rates)
+    return FailureRate(
+        n_trajectories=n, n_failed=k, confidence=rates.confidence, interval=wilson_interval(k, n, rates.confidence),
+        acceptable_failure_rate=rates.acceptable_failure_rate,
+        unacceptable_failure_rate=rates.unacceptable_failure_rate, decision=decision.value,
+        confirmation_replicas=confirmation_replicas, absolute_failures=absolute,
+        times_to_failure_ps=sorted(r.failure.time_ps for r in failed if r.failure is not None))
+
+
+def _tolerated(c: CheckResult, replicas: list[ReplicaResult], rate: FailureRate) -> str:
+    n_bad = sum(1 for r in replicas for rc in r.checks if rc.name == c.name and rc.passed is False)
+    return (f"crossed on {n_bad}/{rate.n_trajectories} trajectories: failure rate tolerated "
+            f"({rate.line()}; passes below {100 * rate.unacceptable_failure_rate:.0f} %)")
 
 
 def evaluate_accuracy(

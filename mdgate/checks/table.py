@@ -50,6 +50,12 @@ class CheckSpec:
         column: column header in the summary tables (``None``: report only).
         tag: registry tag (``mdgate.<tag>``) holding the worst value over the molecules
             (``None``: no tag).
+        held: a structural live check: its bound counts as crossed only when it stays crossed for
+            the stage's ``hold_fs`` (a broken bond stays broken; a vibration's overshoot does not),
+            and a run's value is the worst level it held that long.
+        by_rate: a trajectory failing it counts toward its molecule's failure rate, decided with
+            confidence over replicas (``rates`` in the config); ``False``: one failing trajectory
+            fails the molecule.
     """
 
     name: str
@@ -60,6 +66,8 @@ class CheckSpec:
     stops_md: bool = False
     column: str | None = None
     tag: str | None = None
+    held: bool = False
+    by_rate: bool = True
 
     @property
     def reduction(self) -> str:
@@ -77,7 +85,8 @@ _SPECS = [
     CheckSpec("completion", "fraction of steps", "Simulations completed",
               "trajectories did not run to the end: the dynamics broke down before the asked time", lower=True),
     CheckSpec("finite", "non-finite events", "Numerical stability (finite)",
-              "energies, forces or positions became NaN/inf: the model is numerically unusable for MD"),
+              "energies, forces or positions became NaN/inf: the model is numerically unusable for MD",
+              by_rate=False),
     CheckSpec("max_force_eV_per_A", "eV/Å", "Force bound",
               "forces grew beyond any physical value for a molecule at this temperature",
               stops_md=True, column="max force (eV/Å)"),
@@ -93,13 +102,14 @@ _SPECS = [
               "(MLIPAudit's ×100 criterion)", stops_md=True),
     CheckSpec("max_bond_deviation_A", "Å", "Structural stability (bonds)",
               "a covalent bond stretched or compressed by more than the bound: the molecule fell apart or "
-              "fused (Fu et al., 'Forces are not enough', 2023)", stops_md=True, column="max bond dev (Å)"),
+              "fused (Fu et al., 'Forces are not enough', 2023)", stops_md=True, column="max bond dev (Å)",
+              held=True),
     CheckSpec("min_distance_A", "Å", "Closest approach of two atoms",
               "two atoms came closer than any chemical bond: the potential lacks short-range repulsion "
-              "(a 'hole' that MD falls into)", lower=True, stops_md=True),
+              "(a 'hole' that MD falls into)", lower=True, stops_md=True, held=True),
     CheckSpec("isolated_h_atoms", "atoms", "H atoms lost",
               "a hydrogen atom left the molecule (farther than the bound from every other atom, "
-              "MLIPAudit's criterion)", stops_md=True),
+              "MLIPAudit's criterion)", stops_md=True, held=True),
     # ---- energy conservation (NVE stage)
     CheckSpec("drift_slope_meV_per_atom_per_ps", "meV/atom/ps", "Energy drift slope",
               "total energy drifts systematically: forces are not the gradient of the energy, or are too "
@@ -201,6 +211,11 @@ def live_checks() -> list[str]:
     crossed names a trajectory's failure).
     """
     return [s.name for s in _SPECS if s.stops_md]
+
+
+def held_checks() -> list[str]:
+    """The live checks whose bound must stay crossed for the stage's ``hold_fs``."""
+    return [s.name for s in _SPECS if s.stops_md and s.held]
 
 
 def add_check(new: CheckSpec, defaults: dict[Stage, tuple[float | None, bool]]) -> None:

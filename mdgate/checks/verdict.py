@@ -46,7 +46,9 @@ def failed_checks(result: ValidationResult) -> list[FailedCheck]:
             out.append(FailedCheck(stage=pc.stage, where=pc.molecule or "all", check=c.name, value=c.value,
                                    unit=c.unit, bound=c.bound, comparison=c.comparison,
                                    n_failed=len(bad) if mol else 1, n_total=len(mol.replicas) if mol else 1,
-                                   time_ps=c.time_ps, temperature_K=temp))
+                                   time_ps=c.time_ps, temperature_K=temp,
+                                   rate=mol.rate.line() if mol and mol.rate else None,
+                                   undecided=bool(mol and mol.rate and mol.rate.decision == "undecided")))
     return out
 
 

@@ -23,6 +23,7 @@ from mdgate.md.integrators import Langevin, MDState, NoiseStreams, baoab_step, m
 from mdgate.md.neighbors import NeighborList
 from mdgate.md.observers import OBSERVERS, Observation
 from mdgate.md.trajectory import (
+    HELD,
     LIVE,
     Failure,
     ProgressFn,
@@ -146,7 +147,7 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
     dev, n_max = potential.device, max(sp.n_steps for sp in specs)
     batch, pos, vel, masses = _setup(specs, dev)
     trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), int(dof), sp.n_steps, timestep_fs,
-                        sp.stage) for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
+                        sp.stage, hold_records=sp.hold_records) for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
     sysi = torch.as_tensor(np.repeat(np.arange(len(specs)), batch.n_atoms.long().cpu().numpy()), device=dev)
     nl = NeighborList(sysi, potential.cutoff_A, neighbor_skin_A)
 
@@ -223,16 +224,14 @@ def _record(rows: torch.Tensor, state: MDState, batch: _Batch, step: int, specs:
         for name, value in zip(LIVE, vals, strict=True):
             tr.series.setdefault(name, []).append(float(value))
         tr.steps_done = step
-        failure = None
+        failure: tuple[str, float, int] | None = None
         if not rows_np[k, -1]:
-            failure = ("finite", float("nan"))
+            failure = ("finite", float("nan"), 0)
         else:
-            for name, value, bound in zip(LIVE, vals, limits_np[k], strict=True):
-                if (value < bound) if CHECKS[name].lower else (value > bound):
-                    failure = (name, float(value))
-                    break
+            failure = _crossed(tr, vals, limits_np[k])
         if failure is not None:
-            tr.failure = Failure(failure[0], step, step * tr.timestep_fs * 1e-3, failure[1], float(tk),
+            at = tr.step[-1 - failure[2]]  # a held check failed where its excursion began
+            tr.failure = Failure(failure[0], at, at * tr.timestep_fs * 1e-3, failure[1], float(tk),
                                  float(tt) if sp.ramp is not None else None)
         elif sp.frame_every and step and step % sp.frame_every == 0:
             if snap is None:
@@ -243,6 +242,23 @@ def _record(rows: torch.Tensor, state: MDState, batch: _Batch, step: int, specs:
             keep[k] = False
             active[s] = False
     return keep
+
+
+def _crossed(tr: Trajectory, values: np.ndarray, bounds: np.ndarray) -> tuple[str, float, int] | None:
+    """The first live check whose bound ``tr`` crossed at this record, as (check, value, records
+    back to where it began); a held check only once the crossing lasted ``tr.hold_records``.
+    """
+    for name, value, bound in zip(LIVE, values, bounds, strict=True):
+        over = (value < bound) if CHECKS[name].lower else (value > bound)
+        if name not in HELD or tr.hold_records <= 1:
+            if over:
+                return name, float(value), 0
+            continue
+        run = tr.held_run.get(name, 0) + 1 if over else 0
+        tr.held_run[name] = run
+        if run >= tr.hold_records:
+            return name, float(value), run - 1
+    return None
 
 
 def run_nve(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mdgate.checks.table import live_checks
+from mdgate.checks.table import held_checks, live_checks
 from mdgate.md.initial import maxwell_boltzmann, noise_seed, replica_seed
 from mdgate.molecules import Molecule
 
@@ -31,6 +31,25 @@ class StopLimits(dict[str, float]):
 
 #: The live checks, in the order of the record matrix columns after the energies.
 LIVE = live_checks()
+#: The live checks judged on what a run held (``CheckSpec.held``).
+HELD = frozenset(held_checks())
+
+
+def sustained(values: list[float] | np.ndarray, window: int, lower: bool = False) -> float | None:
+    """The worst level a series held for ``window`` consecutive records: the largest value that
+    every record of some window reached (``lower``: the smallest value no record of some window
+    exceeded). ``window`` 1 is the plain maximum (minimum). NaN records are skipped; ``None`` when
+    the series is shorter than the window.
+
+    A bond stretched beyond a bound for one record is a vibration's overshoot; one stretched for
+    ``window`` records in a row has broken.
+    """
+    arr = np.asarray(values, float)
+    arr = arr[~np.isnan(arr)]
+    if window < 1 or arr.size < window:
+        return None
+    view = np.lib.stride_tricks.sliding_window_view(arr, window)
+    return float(view.max(axis=1).min()) if lower else float(view.min(axis=1).max())
 
 
 @dataclass
@@ -70,6 +89,10 @@ class Trajectory:
     """Each live check's value at every record (the table's ``stops_md`` checks), by check name."""
     frames: list[tuple[int, np.ndarray]] = field(default_factory=list)
     failure: Failure | None = None
+    hold_records: int = 1
+    """Consecutive records a held check's bound must stay crossed (the stage's ``hold_fs``)."""
+    held_run: dict[str, int] = field(default_factory=dict)
+    """Consecutive records so far beyond its bound, per held check (the live detector's state)."""
 
     @property
     def time_ps(self) -> np.ndarray:
@@ -117,6 +140,9 @@ class TrajectorySpec:
     ramp: Ramp | None = None
     frame_every: int = 0
     noise_seed: int = 0
+    hold_records: int = 1
+    """A held check (:func:`~mdgate.checks.table.held_checks`) stops the trajectory when its bound
+    stays crossed for this many consecutive records (1: at the first)."""
 
     @property
     def stage(self) -> str:
@@ -131,21 +157,28 @@ def _stop_limits(limits: StopLimits | None) -> StopLimits:
     return limits if limits is not None else StopLimits()
 
 
+def hold_records(hold_fs: float, timestep_fs: float, record_every: int) -> int:
+    """Consecutive records that span ``hold_fs`` (1 when it is 0)."""
+    return 1 + max(0, round(hold_fs / (timestep_fs * record_every)))
+
+
 def nve_specs(molecules: list[Molecule], *, n_replicas: int, n_steps: int, temperature_K: float, seed: int,
-              limits: StopLimits | None = None, frame_every: int = 0) -> list[TrajectorySpec]:
-    """The NVE trajectories of ``molecules`` × ``n_replicas``, molecule-major."""
+              limits: StopLimits | None = None, frame_every: int = 0, first_replica: int = 0,
+              hold: int = 1) -> list[TrajectorySpec]:
+    """The NVE trajectories of ``molecules`` × replicas ``first_replica`` … ``+ n_replicas``, molecule-major."""
     return [TrajectorySpec(mol, r, n_steps, maxwell_boltzmann(
                 mol.atoms, temperature_K, np.random.default_rng(replica_seed(seed, mol.name, r))),
-                _stop_limits(limits), None, frame_every)
-            for mol in molecules for r in range(n_replicas)]
+                _stop_limits(limits), None, frame_every, hold_records=hold)
+            for mol in molecules for r in range(first_replica, first_replica + n_replicas)]
 
 
 def stress_specs(molecules: list[Molecule], *, n_replicas: int, ramp: Ramp, n_steps: int, seed: int,
-                 limits: StopLimits | None = None, frame_every: int = 0) -> list[TrajectorySpec]:
+                 limits: StopLimits | None = None, frame_every: int = 0, first_replica: int = 0,
+                 hold: int = 1) -> list[TrajectorySpec]:
     """The heat-stress trajectories: velocities at ``ramp.start_K`` and thermostat noise, both from
     the stage's own seed per (molecule, replica).
     """
     return [TrajectorySpec(mol, r, n_steps, maxwell_boltzmann(
                 mol.atoms, ramp.start_K, np.random.default_rng(replica_seed(seed, mol.name, r))),
-                _stop_limits(limits), ramp, frame_every, noise_seed(seed, mol.name, r))
-            for mol in molecules for r in range(n_replicas)]
+                _stop_limits(limits), ramp, frame_every, noise_seed(seed, mol.name, r), hold_records=hold)
+            for mol in molecules for r in range(first_replica, first_replica + n_replicas)]

@@ -11,12 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdgate.checks.evaluate import evaluate_trajectory, summarize_molecule
+from mdgate.checks.evaluate import evaluate_trajectory, failure_rate, summarize_molecule
+from mdgate.checks.rates import RateDecision, more_replicas
 from mdgate.checks.table import Stage, live_checks
 from mdgate.config import COMPILE_MIN_ATOM_STEPS, Compile, GateConfig
 from mdgate.errors import MdgateError, ModelInterfaceError
 from mdgate.md.batch import run_batch
-from mdgate.md.trajectory import Ramp, StopLimits, Trajectory, nve_specs, stress_specs
+from mdgate.md.trajectory import (
+    Ramp,
+    StopLimits,
+    Trajectory,
+    TrajectorySpec,
+    hold_records,
+    nve_specs,
+    stress_specs,
+)
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
 from mdgate.results import MoleculeResult
@@ -85,37 +94,87 @@ def run_md(potential: Potential, molecules: list[Molecule], config: GateConfig,
     """Run the MD stages (NVE, heat stress) for ``molecules`` and apply their checks.
 
     Both stages advance in one batch (one model call per step) when their time steps agree;
-    every replica of every molecule is batched too. A model that raises during MD is an input
-    error (:class:`ModelInterfaceError`); a model that produces non-finite values fails the
-    ``finite`` check instead.
+    every replica of every molecule is batched too. With ``rates`` on, a molecule whose failure
+    rate is undecided gets ``batch_replicas`` more trajectories (all such molecules in one batch)
+    until it is decided or at ``max_replicas``; once a molecule fails a required stage, no more
+    confirmation runs (the verdict is settled). A model that raises during MD is an input error
+    (:class:`ModelInterfaceError`); a model that produces non-finite values fails the ``finite``
+    check instead.
     """
     md, st = config.md, config.stress
-    n_st = st.n_replicas or md.n_replicas
-    specs = []
-    if md.enabled:
-        specs += nve_specs(molecules, n_replicas=md.n_replicas, n_steps=md.n_steps, temperature_K=md.temperature_K,
-                           seed=md.seed, limits=md_limits(config),
-                           frame_every=_frame_every(md.n_steps, md.record_every, config))
-    if st.enabled:
-        ramp = Ramp(st.start_temperature_K, st.end_temperature_K, st.ramp_steps, st.friction_per_ps)
-        specs += stress_specs(molecules, n_replicas=n_st, ramp=ramp, n_steps=st.n_steps, seed=st.seed,
-                              limits=md_limits(config, Stage.STRESS),
-                              frame_every=_frame_every(st.n_steps, md.record_every, config))
+    first = {Stage.NVE: md.n_replicas, Stage.STRESS: st.n_replicas or md.n_replicas}
+    stages = [s for s, on in ((Stage.NVE, md.enabled), (Stage.STRESS, st.enabled)) if on]
+    specs = [sp for stage in stages for sp in _stage_specs(stage, molecules, first[stage], 0, config)]
     if not specs:
         return [MoleculeRun(None, None) for _ in molecules]
     trajs = _run_specs(potential, specs, molecules, config, progress)
+    notes: dict[tuple[str, str], str] = {}
+    while config.rates.enabled:
+        more, notes = _confirmations(trajs, molecules, config)
+        if not more:
+            break
+        trajs += _run_specs(potential, more, molecules, config, progress)
     runs = []
     for mol in molecules:
         mine = [t for t in trajs if t.molecule == mol.name]
-        nve = [t for t in mine if t.stage == "nve"]
-        stress = [t for t in mine if t.stage == "stress"]
         frames = [(t.stage, mol.name, mol.atoms.numbers, x) for t in mine
                   for _, x in pick_frames(t.frames, config.oracle.frames_per_trajectory)]
+        nve, stress = ([t for t in mine if t.stage == stage] for stage in (Stage.NVE, Stage.STRESS))
         runs.append(MoleculeRun(
-            _summarize(mol, nve, config.criteria, True, md.n_steps, "nve") if nve else None,
-            _summarize(mol, stress, st.criteria, st.required, st.n_steps, "stress") if stress else None,
+            _summarize(mol, nve, Stage.NVE, config, first[Stage.NVE], notes) if nve else None,
+            _summarize(mol, stress, Stage.STRESS, config, first[Stage.STRESS], notes) if stress else None,
             frames))
     return runs
+
+
+def _stage_specs(stage: Stage, molecules: list[Molecule], n: int, first_replica: int,
+                 config: GateConfig) -> list[TrajectorySpec]:
+    """``n`` trajectories of ``stage`` per molecule, replicas from ``first_replica`` on."""
+    md, st = config.md, config.stress
+    if stage == Stage.NVE:
+        return nve_specs(molecules, n_replicas=n, n_steps=md.n_steps, temperature_K=md.temperature_K, seed=md.seed,
+                         limits=md_limits(config), frame_every=_frame_every(md.n_steps, md.record_every, config),
+                         first_replica=first_replica,
+                         hold=hold_records(md.hold_fs, md.timestep_fs, md.record_every))
+    ramp = Ramp(st.start_temperature_K, st.end_temperature_K, st.ramp_steps, st.friction_per_ps)
+    return stress_specs(molecules, n_replicas=n, ramp=ramp, n_steps=st.n_steps, seed=st.seed,
+                        limits=md_limits(config, Stage.STRESS),
+                        frame_every=_frame_every(st.n_steps, md.record_every, config), first_replica=first_replica,
+                        hold=hold_records(st.hold_fs, st.timestep_fs, md.record_every))
+
+
+def _stage_rule(stage: Stage, config: GateConfig) -> tuple[Any, bool, int]:
+    """A stage's criteria, whether it is required, and its steps per trajectory."""
+    if stage == Stage.NVE:
+        return config.criteria, True, config.md.n_steps
+    return config.stress.criteria, config.stress.required, config.stress.n_steps
+
+
+def _confirmations(trajs: list[Trajectory], molecules: list[Molecule],
+                   config: GateConfig) -> tuple[list[TrajectorySpec], dict[tuple[str, str], str]]:
+    """The next round of confirmation trajectories (none once a molecule fails), and a note per
+    (stage, molecule) left undecided.
+    """
+    undecided: list[tuple[Stage, Molecule, int]] = []
+    failed: list[str] = []
+    for stage in (Stage.NVE, Stage.STRESS):
+        criteria, required, _ = _stage_rule(stage, config)
+        for mol in molecules:
+            mine = [t for t in trajs if t.molecule == mol.name and t.stage == stage]
+            if not mine:
+                continue
+            rate = failure_rate([evaluate_trajectory(t, criteria, required) for t in mine], config.rates)
+            if rate.decision == RateDecision.FAIL:
+                failed.append(f"{stage}/{mol.name}")
+            elif rate.decision == RateDecision.UNDECIDED:
+                undecided.append((stage, mol, len(mine)))
+    cap = config.rates.max_replicas
+    if failed:
+        why = f"not confirmed: {failed[0]} already fails"
+        return [], {(str(st), m.name): why for st, m, _ in undecided}
+    more = [sp for st, m, n in undecided if (k := more_replicas(n, config.rates))
+            for sp in _stage_specs(st, [m], k, n, config)]
+    return more, {(str(st), m.name): f"undecided at the cap of {cap} trajectories" for st, m, _ in undecided}
 
 
 def split_lanes(molecules: list[Molecule], n_lanes: int) -> list[list[Molecule]]:
@@ -138,10 +197,16 @@ def split_lanes(molecules: list[Molecule], n_lanes: int) -> list[list[Molecule]]
     return [[molecules[i] for i in sorted(lane)] for lane in lanes if lane]
 
 
-def _summarize(mol: Molecule, trajs: list[Trajectory], criteria: Any, required: bool, n_steps: int,
-               stage: str) -> MoleculeResult:
+def _summarize(mol: Molecule, trajs: list[Trajectory], stage: Stage, config: GateConfig, first: int,
+               notes: dict[tuple[str, str], str]) -> MoleculeResult:
+    criteria, required, n_steps = _stage_rule(stage, config)
+    trajs = sorted(trajs, key=lambda t: t.replica)
     reps = [evaluate_trajectory(t, criteria, required) for t in trajs]
-    return summarize_molecule(mol.name, mol.formula, reps, n_steps, len(mol.atoms), stage)
+    res = summarize_molecule(mol.name, mol.formula, reps, n_steps, len(mol.atoms), str(stage),
+                             config.rates, max(0, len(trajs) - first))
+    if res.rate is not None and res.rate.decision == RateDecision.UNDECIDED:
+        res.rate.note = notes.get((str(stage), mol.name), "")
+    return res
 
 
 def _run_specs(potential: Potential, specs: list, molecules: list[Molecule], config: GateConfig,
