@@ -47,8 +47,8 @@ def study_row(row: Row) -> dict[str, str]:
     """One version's figures, all read from its ``results.json`` (``row.results``).
 
     Keys: ``version``, ``model``, ``parameters``, ``verdict``, ``deciding check`` (``stage/check``
-    of a rejection), ``stress`` (shortest time to failure in the heat stress; ``—`` when every
-    trajectory survived; ``n/a`` when it did not run), ``force R²`` (reference set / oracle on
+    of a rejection), ``stress`` (trajectories that survived the heat stress, confirmation replicas
+    included, and the shortest time to failure; ``n/a`` when it did not run), ``force R²`` (reference set / oracle on
     the model's own trajectories), ``NVE drift`` (largest |drift slope|, meV/atom/ps), ``why``
     (the deciding failure in one line, or the reason of an Error) and ``report``.
     """
@@ -57,9 +57,10 @@ def study_row(row: Row) -> dict[str, str]:
     stages = r.get("stages") or {}
     stress = stages.get("stress") or {}
     if stress.get("ran") and stress.get("molecules"):
-        times = [t for m in stress["molecules"] for rep in m.get("replicas", [])
-                 if (t := _failure_time_ps(rep)) is not None]
-        ttf = f"{min(times):.2f} ps" if times else "—"
+        reps = [rep for m in stress["molecules"] for rep in m.get("replicas", [])]
+        times = [t for rep in reps if (t := _failure_time_ps(rep)) is not None]
+        survived = f"{len(reps) - len(times)}/{len(reps)}"
+        ttf = f"{survived}, {min(times):.2f}" if times else survived
     else:
         ttf = "n/a"
     acc = r.get("accuracy") or {}
@@ -92,7 +93,7 @@ def study_table(rows: list[Row]) -> list[dict[str, str]]:
 
 #: (header line 1, header line 2, key) of the printed table; the last column takes what is left.
 _COLUMNS = (("version", "", "version"), ("params", "", "parameters"), ("verdict", "", "verdict"),
-            ("stress", "failure", "stress"), ("force R²", "ref/traj", "force R²"), ("NVE", "drift", "NVE drift"),
+            ("stress", "ok, ps", "stress"), ("force R²", "ref/traj", "force R²"), ("NVE", "drift", "NVE drift"),
             ("deciding check", "stage/check", "deciding check"))
 #: Unit suffixes of check names, left out in the table (the line under it has the value and unit).
 _UNIT_SUFFIX = re.compile(r"_(meV|eV|K|A|percent|relative)(_per_[A-Za-z]+)*$")
@@ -132,7 +133,8 @@ def render_study(table: list[dict[str, str]], width: int = WIDTH) -> str:
     text = [line([h1 for h1, _ in heads]), line([h2 for _, h2 in heads]),
             "-" * min(width, sum(widths) + gap * (len(widths) - 1))]
     text += [line(c) for c in cells]
-    text += _wrap("stress: time to the first failure in the heat ramp (— = every trajectory survived); "
+    text += _wrap("stress: trajectories that survived the heat ramp (confirmation replicas included), then the "
+                  "first failure's time in ps; "
                   "force R²: reference set / oracle on the model's own MD frames; NVE drift: largest "
                   "|slope| of E(t), meV/atom/ps; n/a: not run", width)
     reasons = [row for row in table if row["why"]]

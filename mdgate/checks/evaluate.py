@@ -10,8 +10,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from mdgate.checks.metrics import TRAJECTORY_METRICS, energy_metrics, force_accuracy
-from mdgate.checks.table import CHECKS, live_checks
 from mdgate.checks.rates import RateDecision, decide_rate, wilson_interval
+from mdgate.checks.table import CHECKS, live_checks
 from mdgate.config import Bound, RateSettings
 from mdgate.md.trajectory import Trajectory, sustained
 from mdgate.results import AccuracyResult, CheckResult, FailureInfo, FailureRate, MoleculeResult, ReplicaResult

@@ -147,7 +147,8 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
     dev, n_max = potential.device, max(sp.n_steps for sp in specs)
     batch, pos, vel, masses = _setup(specs, dev)
     trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), int(dof), sp.n_steps, timestep_fs,
-                        sp.stage, hold_records=sp.hold_records) for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
+                        sp.stage, hold_records=sp.hold_records)
+             for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
     sysi = torch.as_tensor(np.repeat(np.arange(len(specs)), batch.n_atoms.long().cpu().numpy()), device=dev)
     nl = NeighborList(sysi, potential.cutoff_A, neighbor_skin_A)
 

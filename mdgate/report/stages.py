@@ -34,6 +34,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
         add(f"| {STAGE_TITLE[name]} | {'yes' if st.ran else 'no'} | {'required' if st.required else 'informational'} "
             f"| {res} | {fmt(st.seconds, 3) if st.ran else '-'} | {st.note or '-'} |")
     add("")
+    rate_section(result, add)
     sanity = result.stages.get(Stage.SANITY)
     if sanity is not None and sanity.ran:
         add(f"### {STAGE_TITLE[Stage.SANITY]}")
@@ -64,13 +65,55 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
         add("")
 
 
+def rate_section(result: ValidationResult, add) -> None:
+    """Each MD molecule's failure rate over its trajectories, with its interval, the decision,
+    the confirmation replicas that ran and the times to failure.
+    """
+    rows = [m for m in result.molecules if m.rate is not None]
+    stress = result.stages.get(Stage.STRESS)
+    rows += [m for m in (stress.molecules if stress is not None else []) if m.rate is not None]
+    if not rows:
+        return
+    r0 = rows[0].rate
+    assert r0 is not None
+    add("### Failure rates over trajectories")
+    add("")
+    add(f"A molecule fails a stage when its failure rate is shown above {100 * r0.acceptable_failure_rate:g} % and "
+        f"passes when it is shown below {100 * r0.unacceptable_failure_rate:g} % (two-sided Wilson interval at "
+        f"{100 * r0.confidence:g} %); between, confirmation replicas run. A trajectory fails when any required "
+        "check fails on it.")
+    add("")
+    add("| Stage | Molecule | Trajectories | Failed | Survival | Failure rate interval | Decision "
+        "| Confirmation replicas | Time to failure (ps) | Note |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for m in rows:
+        r = m.rate
+        assert r is not None
+        lo, hi = r.interval
+        times = _times(r.times_to_failure_ps)
+        note = r.note or (f"fails on one trajectory: {', '.join(r.absolute_failures)}"
+                          if r.absolute_failures else "-")
+        add(f"| {m.stage} | {m.name} | {r.n_trajectories} | {r.n_failed} | {100 * r.survival_fraction:.0f} % "
+            f"| {100 * lo:.0f}–{100 * hi:.0f} % | {r.decision.upper()} | {r.confirmation_replicas} | {times} "
+            f"| {note} |")
+    add("")
+
+
+def _times(ttf: list[float]) -> str:
+    if len(ttf) <= 1:
+        return fmt(ttf[0], 3) if ttf else "-"
+    return f"{fmt(min(ttf), 3)}–{fmt(max(ttf), 3)} (median {fmt(float(sorted(ttf)[len(ttf) // 2]), 3)})"
+
+
 def _stress_section(stress: StageResult, plots: dict[str, str], add) -> None:
     s = stress.settings
     add(f"### {STAGE_TITLE[Stage.STRESS]}")
     add("")
     add(f"Langevin NVT (BAOAB, friction {s.get('friction_per_ps')}/ps, {s.get('timestep_fs')} fs, seed "
         f"{s.get('seed')}): target {s.get('start_temperature_K')} → {s.get('end_temperature_K')} K over "
-        f"{s.get('ramp_ps')} ps, then {s.get('hold_ps')} ps hold. Worst molecule and replica:")
+        f"{s.get('ramp_ps')} ps, then {s.get('hold_ps')} ps hold. Bonds, closest approach and H loss count as "
+        f"failed when their bound stays crossed for {s.get('hold_fs', 0)} fs (the value is the worst level held "
+        "that long). Worst molecule and replica:")
     add("")
     _check_table(stress.checks, add)
     add("| Molecule | Replica | Completed | Time to failure (ps) | T at failure (K) | Target T (K) | Stopped by |")

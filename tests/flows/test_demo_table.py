@@ -93,10 +93,10 @@ def test_study_table_fits_100_columns_with_every_figure_from_the_results() -> No
     lines = text.splitlines()
     assert max(map(len, lines)) <= 100, "\n".join(line for line in lines if len(line) > 100)
     by_model = {row["model"]: row for row in table}
-    assert by_model["teacher"]["stress"] == "—" and by_model["teacher"]["deciding check"] == ""
+    assert by_model["teacher"]["stress"] == "2/2" and by_model["teacher"]["deciding check"] == ""
     assert by_model["teacher"]["force R²"] == "0.996/0.981"
     assert by_model["teacher"]["NVE drift"] == "0.300"  # the largest |slope| over the molecules
-    assert by_model["student_2x"]["stress"] == "1.77 ps"
+    assert by_model["student_2x"]["stress"] == "1/2, 1.77"
     assert by_model["student_2x"]["deciding check"] == "stress/max_temperature_excess_K"
     direct = by_model["student_5x_direct"]
     assert (direct["stress"], direct["force R²"], direct["NVE drift"]) == ("n/a", "0.993/n/a", "n/a")
@@ -106,7 +106,7 @@ def test_study_table_fits_100_columns_with_every_figure_from_the_results() -> No
     assert any(line.startswith("v16 student_20x_epoch1") and "PendingReview" in line for line in lines)
     assert any(line.startswith("v5 student_5x_direct Rejected: sanity/malonaldehyde") for line in lines)
     assert any("1.770 ps, 1255 K" in line for line in lines)
-    assert "1.77 ps" in text and "589,057" in text and "0.993/n/a" in text
+    assert "1/2, 1.77" in text and "589,057" in text and "0.993/n/a" in text
     assert any(line.startswith("v5 student_5x_direct") and line.endswith("sanity/fd_force_error") for line in lines)
 
 

@@ -1,5 +1,6 @@
 """Failure rates with confidence: the Wilson interval, the decision, its operating
-characteristic, confirmation replicas through the MD stage, and held structural checks."""
+characteristic, confirmation replicas through the MD stage, and held structural checks.
+"""
 
 from __future__ import annotations
 
