@@ -196,7 +196,7 @@ class RateSettings(_Strict):
     A molecule fails when the failure rate's interval lies above ``acceptable_failure_rate`` and
     passes when it lies below ``unacceptable_failure_rate`` (two-sided Wilson interval at
     ``confidence``); between, ``batch_replicas`` more trajectories of that molecule run, up to
-    ``max_replicas``. The operating characteristic of these defaults is in docs/protocol.md.
+    ``max_replicas``. A molecule with no failing trajectory passes. The operating characteristic of these defaults is in docs/protocol.md.
     """
 
     enabled: bool = True

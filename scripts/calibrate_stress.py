@@ -42,6 +42,7 @@ FIGURES = [("max_bond_deviation_A", False), ("min_distance_A", True), ("isolated
 
 
 def main() -> None:
+    """Run the ramp and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a model file or descriptor (default: GFN2-xTB itself)")
     parser.add_argument("--label", help="name in the output files (default: xtb or the model's stem)")
@@ -50,8 +51,21 @@ def main() -> None:
     parser.add_argument("--hold-fs", type=float, default=50.0)
     parser.add_argument("--record-every", type=int, default=10)
     parser.add_argument("--only", nargs="*")
+    parser.add_argument("--merge", nargs="+", metavar="LABEL",
+                        help="join the JSON files of these labels (runs split over processes) into --label")
     args = parser.parse_args()
     label = args.label or (Path(args.model).stem if args.model else "xtb")
+    res = ROOT / "benchmarks" / "results"
+    if args.merge:
+        parts = [json.loads((res / f"stress_calibration_{m}.json").read_text()) for m in args.merge]
+        out = {**parts[0], "label": label, "seconds": sum(p["seconds"] for p in parts),
+               "command": " + ".join(p["command"] for p in parts),
+               "trajectories": [t for p in parts for t in p["trajectories"]]}
+        _write(res, label, out)
+        for m in args.merge:
+            for suffix in ("json", "md"):
+                (res / f"stress_calibration_{m}.{suffix}").unlink()
+        return
     potential = load(args.model) if args.model else load(Descriptor.model_validate(XTB), device="cpu")
     st = StressSettings()
     molecules = [m for m in read_molecules() if not args.only or m.name in args.only]
@@ -74,11 +88,16 @@ def main() -> None:
     out = {"label": label, "model": args.model or "GFN2-xTB (tblite)", "replicas": args.replicas, "seed": args.seed,
            "hold_fs": args.hold_fs, "window_records": window, "record_every": args.record_every,
            "ramp": st.model_dump(mode="json", exclude={"criteria"}), "seconds": round(seconds, 1),
-           "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": "scripts/calibrate_stress.py " + " ".join(
+           "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "command": "scripts/calibrate_stress.py " + " ".join(
                f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
                for k, v in vars(args).items() if v not in (None, False)),
            "trajectories": rows}
-    res = ROOT / "benchmarks" / "results"
+    _write(res, label, out)
+
+
+def _write(res: Path, label: str, out: dict) -> None:
     (res / f"stress_calibration_{label}.json").write_text(json.dumps(out, indent=1) + "\n")
     (res / f"stress_calibration_{label}.md").write_text(render(out))
     print(render(out))

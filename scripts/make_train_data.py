@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 from ase.io import read, write
-
 from make_molecule_set import ROOT, sample
 
 
 def main() -> None:
+    """Sample every packaged molecule and write the file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--temperature-K", type=float, required=True)
     parser.add_argument("--n-frames", type=int, default=400, help="frames per molecule")

@@ -4,7 +4,7 @@ A molecule's MD stage is a binomial experiment: each trajectory fails (a require
 its bound) or survives. :func:`decide_rate` tests the failure rate against two rates of
 :class:`~mdgate.config.RateSettings`: the molecule fails when the rate's Wilson interval lies above
 the acceptable rate, passes when it lies below the unacceptable rate, and is undecided between,
-when more replicas run (:func:`more_replicas`). :func:`operating_characteristic` gives, for a true
+when more replicas run (:func:`more_replicas`). No failure at all passes. :func:`operating_characteristic` gives, for a true
 failure rate, the probabilities of each outcome and the expected trajectories of that procedure
 (exact, by enumerating the binomial outcomes of each round).
 """
@@ -46,9 +46,15 @@ def wilson_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
 def decide_rate(k: int, n: int, rates: RateSettings) -> RateDecision:
     """Fail when the interval lies above the acceptable rate (checked first: a rate shown too
     high always fails), pass when it lies below the unacceptable rate, else undecided.
+
+    A molecule none of whose trajectories failed passes whatever their number (confirmation comes
+    before a rejection, not before an approval): a profile of one replica per molecule approves
+    as it did without rates, and its interval says how little that shows.
     """
-    if k == 0 and n == 0:
+    if n == 0:
         return RateDecision.UNDECIDED
+    if k == 0:
+        return RateDecision.PASS
     low, high = wilson_interval(k, n, rates.confidence)
     if low > rates.acceptable_failure_rate:
         return RateDecision.FAIL
