@@ -65,9 +65,8 @@ class MDSettings(_Strict):
     """Stop a trajectory at its first hard failure or when its energy deviation exceeds
     ``fail_fast_margin`` × the bound (an approving trajectory is never shortened)."""
     hold_fs: Annotated[float, Field(ge=0)] = 0.0
-    """A structural check (bonds, closest approach, H loss) fails only when its bound stays
-    crossed this long (0 = at the first record). At 300 K the oracle's excursions stay far from
-    the bounds (docs/protocol.md), so NVE counts any crossing."""
+    """A bond deviation fails only when its bound stays crossed this long (0 = at the first
+    record). At 300 K the oracle's bonds stay far from the bound, so NVE counts any crossing."""
     fail_fast_margin: Annotated[float, Field(ge=1.0)] = 1.0
     """Multiple of the energy-deviation bound at which a trajectory is stopped early."""
     neighbor_skin_A: Annotated[float, Field(ge=0)] = 0.0
@@ -166,9 +165,9 @@ class StressSettings(_Strict):
     seed: int = 1
     """Seed of the stage's initial velocities and thermostat noise (its own, not the NVE seed)."""
     hold_fs: Annotated[float, Field(ge=0)] = 50.0
-    """A structural check (bonds, closest approach, H loss) fails only when its bound stays
-    crossed this long: at 1000 K a C–H bond's overshoot lasts a few fs (its period is 11 fs), a
-    broken bond stays broken. Calibrated on the oracle's own ramps (docs/protocol.md)."""
+    """A bond deviation fails only when its bound stays crossed this long: at 1000 K a C–H
+    bond's overshoot lasts a few fs (its period is 11 fs), a broken bond stays broken. Calibrated
+    on the oracle's own ramps (docs/protocol.md)."""
     criteria: StressCriteria = Field(default_factory=StressCriteria)  # type: ignore[valid-type]
 
     @property
@@ -196,7 +195,8 @@ class RateSettings(_Strict):
     A molecule fails when the failure rate's interval lies above ``acceptable_failure_rate`` and
     passes when it lies below ``unacceptable_failure_rate`` (two-sided Wilson interval at
     ``confidence``); between, ``batch_replicas`` more trajectories of that molecule run, up to
-    ``max_replicas``. A molecule with no failing trajectory passes. The operating characteristic of these defaults is in docs/protocol.md.
+    ``max_replicas``.
+    A molecule with no failing trajectory passes. The operating characteristic of these defaults is in docs/protocol.md.
     """
 
     enabled: bool = True

@@ -4,7 +4,8 @@ A molecule's MD stage is a binomial experiment: each trajectory fails (a require
 its bound) or survives. :func:`decide_rate` tests the failure rate against two rates of
 :class:`~mdgate.config.RateSettings`: the molecule fails when the rate's Wilson interval lies above
 the acceptable rate, passes when it lies below the unacceptable rate, and is undecided between,
-when more replicas run (:func:`more_replicas`). No failure at all passes. :func:`operating_characteristic` gives, for a true
+when more replicas run (:func:`more_replicas`). No failure at all
+passes. :func:`operating_characteristic` gives, for a true
 failure rate, the probabilities of each outcome and the expected trajectories of that procedure
 (exact, by enumerating the binomial outcomes of each round).
 """

@@ -50,9 +50,10 @@ class CheckSpec:
         column: column header in the summary tables (``None``: report only).
         tag: registry tag (``mdgate.<tag>``) holding the worst value over the molecules
             (``None``: no tag).
-        held: a structural live check: its bound counts as crossed only when it stays crossed for
-            the stage's ``hold_fs`` (a broken bond stays broken; a vibration's overshoot does not),
-            and a run's value is the worst level it held that long.
+        held: a live check whose bound counts as crossed only when it stays crossed for the
+            stage's ``hold_fs`` (a broken bond stays broken; a vibration's overshoot does not), and
+            whose value over a run is the worst level it held that long. Not for events that are
+            unphysical at any instant (two atoms at 0.6 Å, an H 2.5 Å from every atom).
         by_rate: a trajectory failing it counts toward its molecule's failure rate, decided with
             confidence over replicas (``rates`` in the config); ``False``: one failing trajectory
             fails the molecule.
@@ -106,10 +107,10 @@ _SPECS = [
               held=True),
     CheckSpec("min_distance_A", "Å", "Closest approach of two atoms",
               "two atoms came closer than any chemical bond: the potential lacks short-range repulsion "
-              "(a 'hole' that MD falls into)", lower=True, stops_md=True, held=True),
+              "(a 'hole' that MD falls into)", lower=True, stops_md=True),
     CheckSpec("isolated_h_atoms", "atoms", "H atoms lost",
               "a hydrogen atom left the molecule (farther than the bound from every other atom, "
-              "MLIPAudit's criterion)", stops_md=True, held=True),
+              "MLIPAudit's criterion)", stops_md=True),
     # ---- energy conservation (NVE stage)
     CheckSpec("drift_slope_meV_per_atom_per_ps", "meV/atom/ps", "Energy drift slope",
               "total energy drifts systematically: forces are not the gradient of the energy, or are too "

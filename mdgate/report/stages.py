@@ -111,9 +111,9 @@ def _stress_section(stress: StageResult, plots: dict[str, str], add) -> None:
     add("")
     add(f"Langevin NVT (BAOAB, friction {s.get('friction_per_ps')}/ps, {s.get('timestep_fs')} fs, seed "
         f"{s.get('seed')}): target {s.get('start_temperature_K')} → {s.get('end_temperature_K')} K over "
-        f"{s.get('ramp_ps')} ps, then {s.get('hold_ps')} ps hold. Bonds, closest approach and H loss count as "
-        f"failed when their bound stays crossed for {s.get('hold_fs', 0)} fs (the value is the worst level held "
-        "that long). Worst molecule and replica:")
+        f"{s.get('ramp_ps')} ps, then {s.get('hold_ps')} ps hold. A bond counts as broken when its deviation "
+        f"stays beyond the bound for {s.get('hold_fs', 0)} fs (the value is the worst level held that long). "
+        "Worst molecule and replica:")
     add("")
     _check_table(stress.checks, add)
     add("| Molecule | Replica | Completed | Time to failure (ps) | T at failure (K) | Target T (K) | Stopped by |")

@@ -28,6 +28,7 @@ from mdgate.results import (
     STORED,
     AccuracyResult,
     CheckResult,
+    FailedCheck,
     ModelInfo,
     MoleculeResult,
     ReplicaResult,
@@ -193,3 +194,27 @@ def test_report_shows_candidate_and_baseline_side_by_side(tmp_path: Path) -> Non
     assert "No champion to compare with (first approved version): the verdict rests on the absolute bounds" in md
     stored = json.loads((tmp_path / "first" / "results.json").read_text())["baseline"]
     assert stored["version"] is None and stored["figures"] == [] and "first approved version" in stored["note"]
+
+
+def _undecided(policy: str, undecided: bool = True) -> ValidationResult:
+    """A Rejected result whose one failure is a stress failure rate still undecided at the cap."""
+    failure = FailedCheck(stage="stress", where="ethanol", check="max_bond_deviation_A", value=0.7, unit="Å",
+                          bound=0.5, comparison="<=", n_failed=2, n_total=12, undecided=undecided,
+                          rate="2/12 failed (failure rate 5–39 % at 90 %)")
+    base = result(0.99, 0.1)
+    return base.model_copy(update={"verdict": Verdict.REJECTED, "failures": [failure],
+                                   "failed_checks": [failure.line()],
+                                   "criteria": {"config": {"rates": {"undecided": policy}}}})
+
+
+def test_an_undecided_failure_rate_goes_to_review_only_when_the_config_and_the_gate_say_so() -> None:
+    line = _undecided("review").failures[0].line()
+    assert "2/12 failed (failure rate 5–39 % at 90 %); undecided at the replica cap" in line
+    decision = settle(_undecided("review"), review_margin=0.1)
+    assert decision.status == PENDING_REVIEW
+    assert decision.review is not None and "failure rate undecided at the replica cap" in decision.review
+    assert "stress/ethanol: 2/12 failed" in decision.review
+    # review off in the gate, the config's reject, or a decided failure: the rejection stands
+    assert settle(_undecided("review"), review_margin=None).status == "Rejected"
+    assert settle(_undecided("reject"), review_margin=0.1).status == "Rejected"
+    assert settle(_undecided("review", undecided=False), review_margin=0.1).status == "Rejected"

@@ -31,7 +31,7 @@ def test_wilson_interval_matches_published_values() -> None:
 
 
 @pytest.mark.parametrize(("k", "n", "decision"), [
-    (0, 3, "pass"), (1, 3, "undecided"), (2, 3, "fail"), (3, 3, "fail"),
+    (0, 1, "pass"), (1, 1, "fail"), (0, 3, "pass"), (1, 3, "undecided"), (2, 3, "fail"), (3, 3, "fail"),
     (1, 6, "undecided"), (2, 6, "fail"), (1, 9, "pass"), (2, 12, "pass"), (4, 12, "fail")])
 def test_the_default_rates_decide_as_documented(k: int, n: int, decision: str) -> None:
     assert decide_rate(k, n, RateSettings()) == RateDecision(decision)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mdgate.config import GateConfig
+from mdgate.potentials import ModelMeta
 from mdgate.potentials.schnetpack import load_module
-from mdgate.potentials.spec import ModelMeta
 from mdgate.results import ValidationResult, Verdict
 from mdgate.runner import validate
 from tests.mdgate.test_protocol import HOLE
