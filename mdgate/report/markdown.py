@@ -13,7 +13,7 @@ from markdown_it import MarkdownIt
 from mdgate.checks.table import CHECKS, Stage
 from mdgate.report.champion import champion_section, overlay_jobs
 from mdgate.report.plots import PlotJob, render_all
-from mdgate.report.stages import plot_stress, stage_sections
+from mdgate.report.stages import plot_stress, plot_survival, stage_sections
 from mdgate.report.tables import check_rows, fmt, label, markdown_table, molecule_rows, status
 from mdgate.results import REMEASURED, BaselineComparison, MoleculeResult, ValidationResult, Verdict
 
@@ -366,6 +366,9 @@ def write_report(result: ValidationResult, out_dir: Path,
     for mol in stress.molecules if stress is not None else []:
         mol.plot = f"plots/stress_{mol.name}.png"
         add_plot(f"stress:{mol.name}", mol.plot, (plot_stress, (mol, out_dir / mol.plot)))
+    if stress is not None and any(m.rate is not None and m.rate.n_failed for m in stress.molecules):
+        add_plot("survival", "plots/survival_stress.png", (plot_survival, (stress.molecules,
+                                                                          out_dir / "plots/survival_stress.png")))
     if baseline is not None:
         result.baseline = baseline.record()
         for key, (rel, job) in overlay_jobs(result, baseline, out_dir).items():

@@ -34,7 +34,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
         add(f"| {STAGE_TITLE[name]} | {'yes' if st.ran else 'no'} | {'required' if st.required else 'informational'} "
             f"| {res} | {fmt(st.seconds, 3) if st.ran else '-'} | {st.note or '-'} |")
     add("")
-    rate_section(result, add)
+    rate_section(result, plots, add)
     sanity = result.stages.get(Stage.SANITY)
     if sanity is not None and sanity.ran:
         add(f"### {STAGE_TITLE[Stage.SANITY]}")
@@ -65,7 +65,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
         add("")
 
 
-def rate_section(result: ValidationResult, add) -> None:
+def rate_section(result: ValidationResult, plots: dict[str, str], add) -> None:
     """Each MD molecule's failure rate over its trajectories, with its interval, the decision,
     the confirmation replicas that ran and the times to failure.
     """
@@ -97,6 +97,50 @@ def rate_section(result: ValidationResult, add) -> None:
             f"| {100 * lo:.0f}–{100 * hi:.0f} % | {r.decision.upper()} | {r.confirmation_replicas} | {times} "
             f"| {note} |")
     add("")
+    if plots.get("survival"):
+        add(f"![Survival under heat stress]({plots['survival']})")
+        add("")
+
+
+def plot_survival(mols: list[MoleculeResult], path: Path) -> None:
+    """The fraction of each molecule's stress trajectories still intact against time (confirmation
+    replicas included), with the Wilson interval of the end point: when and how often a model breaks.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    intact = []
+    for mol in mols:
+        rate = mol.rate
+        if rate is None or not rate.n_failed:
+            intact.append(mol.name)
+            continue
+        end = max((r.series.get("time_ps") or [0.0])[-1] for r in mol.replicas)
+        times = sorted(rate.times_to_failure_ps)
+        xs = [0.0] + [t for t in times for _ in (0, 1)] + [end]
+        ys, alive = [1.0], 1.0
+        for _ in times:
+            ys.append(alive)
+            alive -= 1.0 / rate.n_trajectories
+            ys.append(alive)
+        ys.append(alive)
+        [line] = ax.plot(xs, ys, lw=1.5, label=f"{mol.name} ({rate.n_failed}/{rate.n_trajectories} failed, "
+                                               f"{rate.decision})")
+        lo, hi = rate.interval
+        ax.errorbar([end], [1 - (lo + hi) / 2], yerr=[[(hi - lo) / 2]], color=line.get_color(), capsize=3)
+    if intact:
+        ax.axhline(1.0, color="grey", lw=1, ls=":", label=f"{len(intact)} molecules: every trajectory intact")
+    ax.set_ylim(-0.05, 1.08)
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("fraction of trajectories intact")
+    ax.set_title("Heat stress: survival per molecule (bar: interval of the survival fraction)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _times(ttf: list[float]) -> str:

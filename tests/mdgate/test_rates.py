@@ -173,3 +173,27 @@ def test_a_bond_pulled_apart_fails_a_held_check_where_it_began() -> None:
     assert tr.failure is not None and tr.failure.check == "max_bond_deviation_A"
     assert tr.failure.step == free.step[onset]  # time to failure: where the excursion began
     assert tr.steps_done == free.step[onset + 4]  # stopped once it had lasted five records
+
+
+def test_the_report_shows_each_molecules_failure_rate_and_the_survival_plot(tmp_path) -> None:
+    from mdgate.checks.table import Stage
+    from mdgate.checks.verdict import decide, md_stage_result
+    from mdgate.report.markdown import write_report
+    from mdgate.results import ModelInfo, ValidationResult, Verdict
+
+    pulled = Molecule("pulled", tetrahedron("Cl2C2", rattle_A=0.01, seed=2))
+    puller = MorsePairPotential(**MORSE, pull_z=17, pull_eV_per_A=3.0)
+    config = GateConfig.model_validate({"md": {"enabled": False, "n_replicas": 3, "record_every": 5},
+                                        "stress": {"ramp_ps": 0.05, "hold_ps": 0.1}, "oracle": {"enabled": False}})
+    runs = run_md(puller, [STEADY, pulled], config)
+    mols = [r.stress for r in runs if r.stress is not None]
+    stage = md_stage_result(Stage.STRESS, mols, True, True, 1.0, config.stress.model_dump(mode="json"), "")
+    result = decide(ValidationResult(verdict=Verdict.ERROR, reason="", model=ModelInfo(source="morse"),
+                                     criteria={"config": config.model_dump(mode="json")}, stages={"stress": stage}))
+    assert result.verdict == Verdict.REJECTED and result.decided_by == "stress/max_bond_deviation_A"
+    assert "3/3 failed (failure rate" in result.reason
+    files = write_report(result, tmp_path)
+    text = files["report.md"].read_text()
+    assert "### Failure rates over trajectories" in text
+    assert "| stress | pulled | 3 | 3 | 0 % |" in text and "| stress | steady | 3 | 0 | 100 % |" in text
+    assert (tmp_path / "plots" / "survival_stress.png").stat().st_size > 1000
