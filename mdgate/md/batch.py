@@ -146,9 +146,7 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
     """
     dev, n_max = potential.device, max(sp.n_steps for sp in specs)
     batch, pos, vel, masses = _setup(specs, dev)
-    trajs = [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), int(dof), sp.n_steps, timestep_fs,
-                        sp.stage, hold_records=sp.hold_records)
-             for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
+    trajs = _trajectories(specs, batch, timestep_fs)
     sysi = torch.as_tensor(np.repeat(np.arange(len(specs)), batch.n_atoms.long().cpu().numpy()), device=dev)
     nl = NeighborList(sysi, potential.cutoff_A, neighbor_skin_A)
 
@@ -192,6 +190,13 @@ def run_batch(potential: Potential, specs: list[TrajectorySpec], *, timestep_fs:
             # Molecules do not interact: the survivors' forces stay valid, only pairs change.
             nl = NeighborList(new_sysi, potential.cutoff_A, neighbor_skin_A)
     return trajs
+
+
+def _trajectories(specs: list[TrajectorySpec], batch: _Batch, timestep_fs: float) -> list[Trajectory]:
+    """The empty records of ``specs``."""
+    return [Trajectory(sp.molecule.name, sp.replica, len(sp.molecule.atoms), int(dof), sp.n_steps, timestep_fs,
+                       sp.stage, hold_records=sp.hold_records)
+            for sp, dof in zip(specs, batch.dof.tolist(), strict=True)]
 
 
 def _thermostat(specs: list[TrajectorySpec], batch: _Batch, state: MDState, timestep_fs: float) -> Langevin | None:

@@ -112,13 +112,13 @@ def plot_survival(mols: list[MoleculeResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    intact = []
+    intact: list[str] = []
+    end = max(((r.series.get("time_ps") or [0.0])[-1] for m in mols for r in m.replicas), default=0.0)
     for mol in mols:
         rate = mol.rate
         if rate is None or not rate.n_failed:
             intact.append(mol.name)
             continue
-        end = max((r.series.get("time_ps") or [0.0])[-1] for r in mol.replicas)
         times = sorted(rate.times_to_failure_ps)
         xs = [0.0] + [t for t in times for _ in (0, 1)] + [end]
         ys, alive = [1.0], 1.0
@@ -132,7 +132,8 @@ def plot_survival(mols: list[MoleculeResult], path: Path) -> None:
         lo, hi = rate.interval
         ax.errorbar([end], [1 - (lo + hi) / 2], yerr=[[(hi - lo) / 2]], color=line.get_color(), capsize=3)
     if intact:
-        ax.axhline(1.0, color="grey", lw=1, ls=":", label=f"{len(intact)} molecules: every trajectory intact")
+        ax.axhline(1.0, color="grey", lw=1, ls=":", label=f"{len(intact)} molecule{'s' if len(intact) != 1 else ''}: "
+                   "every trajectory intact")
     ax.set_ylim(-0.05, 1.08)
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("fraction of trajectories intact")
