@@ -76,8 +76,8 @@ def _run_metrics(traj: Trajectory, criteria: Any) -> dict[str, float | None]:
                 # A held check's value is the worst level the run kept for the hold; its peak is
                 # kept beside it.
                 metrics[f"{name}_peak"] = metrics[name]
-                finite = [v for v in traj.series[name] if v == v]
-                metrics[name] = sustained(finite, min(traj.hold_records, len(finite)), CHECKS[name].lower)
+                n_recorded = int((~np.isnan(np.asarray(traj.series[name], float))).sum())
+                metrics[name] = sustained(traj.series[name], min(traj.hold_records, n_recorded), CHECKS[name].lower)
     if traj.step:
         metrics["mean_temperature_K"] = float(np.nanmean(np.asarray(traj.temperature_K, float)))
     fail = traj.failure

@@ -28,7 +28,7 @@ from mdgate.md.trajectory import (
 )
 from mdgate.molecules import Molecule
 from mdgate.potentials import Potential
-from mdgate.results import MoleculeResult
+from mdgate.results import MoleculeResult, ReplicaResult
 from mdgate.stages.oracle import Frame, pick_frames
 
 ProgressFn = Callable[[str, int, int, bool], None]
@@ -42,8 +42,7 @@ def md_limits(config: GateConfig, stage: Stage = Stage.NVE) -> StopLimits:
     deviation at ``fail_fast_margin`` × its bound.
     """
     md = config.md
-    criteria = config.criteria if stage == Stage.NVE else config.stress.criteria
-    required = True if stage == Stage.NVE else config.stress.required
+    criteria, required, _ = _stage_rule(stage, config)
     if not md.fail_fast or not required:
         return StopLimits()
     limits: dict[str, float] = {}
@@ -109,8 +108,9 @@ def run_md(potential: Potential, molecules: list[Molecule], config: GateConfig,
         return [MoleculeRun(None, None) for _ in molecules]
     trajs = _run_specs(potential, specs, molecules, config, progress)
     notes: dict[tuple[str, str], str] = {}
+    evaluated: dict[int, ReplicaResult] = {}
     while config.rates.enabled:
-        more, notes = _confirmations(trajs, molecules, config)
+        more, notes = _confirmations(trajs, molecules, config, evaluated)
         if not more:
             break
         trajs += _run_specs(potential, more, molecules, config, progress)
@@ -121,8 +121,8 @@ def run_md(potential: Potential, molecules: list[Molecule], config: GateConfig,
                   for _, x in pick_frames(t.frames, config.oracle.frames_per_trajectory)]
         nve, stress = ([t for t in mine if t.stage == stage] for stage in (Stage.NVE, Stage.STRESS))
         runs.append(MoleculeRun(
-            _summarize(mol, nve, Stage.NVE, config, first[Stage.NVE], notes) if nve else None,
-            _summarize(mol, stress, Stage.STRESS, config, first[Stage.STRESS], notes) if stress else None,
+            _summarize(mol, nve, Stage.NVE, config, first[Stage.NVE], notes, evaluated) if nve else None,
+            _summarize(mol, stress, Stage.STRESS, config, first[Stage.STRESS], notes, evaluated) if stress else None,
             frames))
     return runs
 
@@ -150,20 +150,31 @@ def _stage_rule(stage: Stage, config: GateConfig) -> tuple[Any, bool, int]:
     return config.stress.criteria, config.stress.required, config.stress.n_steps
 
 
-def _confirmations(trajs: list[Trajectory], molecules: list[Molecule],
-                   config: GateConfig) -> tuple[list[TrajectorySpec], dict[tuple[str, str], str]]:
+def _evaluate(trajs: list[Trajectory], stage: Stage, config: GateConfig,
+              evaluated: dict[int, ReplicaResult]) -> list[ReplicaResult]:
+    """Each trajectory of ``stage`` against the stage's criteria, evaluated once (``evaluated``
+    keeps the results by trajectory for the confirmation rounds and the summary).
+    """
+    criteria, required, _ = _stage_rule(stage, config)
+    for t in trajs:
+        if id(t) not in evaluated:
+            evaluated[id(t)] = evaluate_trajectory(t, criteria, required)
+    return [evaluated[id(t)] for t in trajs]
+
+
+def _confirmations(trajs: list[Trajectory], molecules: list[Molecule], config: GateConfig,
+                   evaluated: dict[int, ReplicaResult]) -> tuple[list[TrajectorySpec], dict[tuple[str, str], str]]:
     """The next round of confirmation trajectories (none once a molecule fails), and a note per
     (stage, molecule) left undecided.
     """
     undecided: list[tuple[Stage, Molecule, int]] = []
     failed: list[str] = []
     for stage in (Stage.NVE, Stage.STRESS):
-        criteria, required, _ = _stage_rule(stage, config)
         for mol in molecules:
             mine = [t for t in trajs if t.molecule == mol.name and t.stage == stage]
             if not mine:
                 continue
-            rate = failure_rate([evaluate_trajectory(t, criteria, required) for t in mine], config.rates)
+            rate = failure_rate(_evaluate(mine, stage, config, evaluated), config.rates)
             if rate.decision == RateDecision.FAIL:
                 failed.append(f"{stage}/{mol.name}")
             elif rate.decision == RateDecision.UNDECIDED:
@@ -198,10 +209,9 @@ def split_lanes(molecules: list[Molecule], n_lanes: int) -> list[list[Molecule]]
 
 
 def _summarize(mol: Molecule, trajs: list[Trajectory], stage: Stage, config: GateConfig, first: int,
-               notes: dict[tuple[str, str], str]) -> MoleculeResult:
-    criteria, required, n_steps = _stage_rule(stage, config)
-    trajs = sorted(trajs, key=lambda t: t.replica)
-    reps = [evaluate_trajectory(t, criteria, required) for t in trajs]
+               notes: dict[tuple[str, str], str], evaluated: dict[int, ReplicaResult]) -> MoleculeResult:
+    _, _, n_steps = _stage_rule(stage, config)
+    reps = _evaluate(sorted(trajs, key=lambda t: t.replica), stage, config, evaluated)
     res = summarize_molecule(mol.name, mol.formula, reps, n_steps, len(mol.atoms), str(stage),
                              config.rates, max(0, len(trajs) - first))
     if res.rate is not None and res.rate.decision == RateDecision.UNDECIDED:
