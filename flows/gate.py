@@ -1,4 +1,4 @@
-"""The gate flow: claim → fetch → load → sanity → MD (one task per lane of molecules) → accuracy →
+"""The gate flow: claim → fetch → load → sanity → pes → MD (one task per lane of molecules) → accuracy →
 oracle → (baseline) → report → publish.
 
 Each task calls one engine (``mdgate``) or registry function; the decision is the engine's

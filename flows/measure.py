@@ -40,7 +40,7 @@ def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta, timeou
 
 
 def run_stage(name: str, fn: Any, timeout_s: float | None = None) -> Any:
-    """Run a pipeline stage (sanity, accuracy, oracle) as a Prefect task of its own, with a hard
+    """Run a pipeline stage (sanity, pes, accuracy, oracle) as a Prefect task of its own, with a hard
     deadline: these stages call the model too, and a model that hangs there must end the gate as
     Error like one that hangs in MD.
     """

@@ -176,6 +176,7 @@ def serve(settings: Settings, start_servers: bool = True, receiver_only: bool = 
 #: What a gate's process imports before its first task: imported once, by the fork server.
 WARM_MODULES = ["flows.gate", "registry.artifacts",
                 "mdgate.runner", "mdgate.report.markdown", "mdgate.stages.sanity", "mdgate.stages.oracle",
+                "mdgate.stages.pes", "rdkit.Chem.AllChem", "tblite.ase",
                 "mdgate.potentials.schnetpack",
                 "schnetpack", "torch", "mlflow", "matplotlib.pyplot"]
 

@@ -116,6 +116,7 @@ Criteria = _criteria_model(
 StressCriteria = _criteria_model("StressCriteria", Stage.STRESS, stability=True,
                                  doc="The heat-stress stage's stability checks.")
 SanityCriteria = _criteria_model("SanityCriteria", Stage.SANITY, doc="The sanity checks before MD.")
+PesCriteria = _criteria_model("PesCriteria", Stage.PES, doc="The energy-landscape checks against the oracle.")
 OracleCriteria = _criteria_model("OracleCriteria", Stage.ORACLE, doc="Accuracy on the model's own MD frames.")
 
 
@@ -252,6 +253,64 @@ class OracleSettings(_Strict):
     criteria: OracleCriteria = Field(default_factory=OracleCriteria)  # type: ignore[valid-type]
 
 
+class PesSettings(_Strict):
+    """The energy landscape against the oracle, before MD: conformer energies, rigid torsion
+    profiles, harmonic frequencies and close contacts (``oracle.kind`` judges them).
+    """
+
+    enabled: bool = True
+    """Run the stage."""
+    required: bool = True
+    """Informational stage when false."""
+    n_conformers: Annotated[int, Field(ge=1, le=200)] = 8
+    """ETKDG embeddings per molecule, each relaxed by the oracle; unique minima are kept."""
+    seed: int = 0
+    """Seed of the embeddings."""
+    oracle_fmax_eV_per_A: Annotated[float, Field(gt=0)] = 0.01
+    """The oracle's relaxations stop when every force component is below this."""
+    oracle_max_steps: Annotated[int, Field(ge=1)] = 300
+    """Step budget of each oracle relaxation (BFGS)."""
+    distinct_meV: Annotated[float, Field(ge=0)] = 2.0
+    """Two minima closer in oracle energy than this are one conformer."""
+    conformer_window_meV: Annotated[float, Field(gt=0)] = 250.0
+    """Conformers more than this above the lowest (oracle) are left out of the energy checks
+    (the usual 6 kcal/mol conformer-ensemble window; Boltzmann factor 6e-5 at 300 K)."""
+    relax_fmax_eV_per_A: Annotated[float, Field(gt=0)] = 0.01
+    """The model's relaxations from the oracle's minima stop below this force (FIRE, batched); the
+    lowest one is where the model's frequencies are taken."""
+    relax_max_steps: Annotated[int, Field(ge=0)] = 500
+    """Step budget of the model's relaxations."""
+    torsion_step_deg: Annotated[float, Field(gt=0, le=120)] = 30.0
+    """Angle step of the relaxed torsion scans (a full turn)."""
+    torsion_fmax_eV_per_A: Annotated[float, Field(gt=0)] = 0.05
+    """Each point of a relaxed torsion scan (the torsion held) stops below this force."""
+    torsion_max_steps: Annotated[int, Field(ge=1)] = 100
+    """Step budget of each scan point's relaxation."""
+    torsion_window_meV: Annotated[float, Field(gt=0)] = 250.0
+    """Torsion angles where the oracle's energy rises more than this above the start are left out
+    (Boltzmann factor 6e-5 at 300 K: what production MD visits, with a margin)."""
+    hessian_step_A: Annotated[float, Field(gt=0, le=0.05)] = 0.005
+    """Finite-difference step of the Hessian (central differences of the forces)."""
+    imaginary_threshold_cm1: Annotated[float, Field(ge=0)] = 100.0
+    """A mode counts as imaginary below minus this (a methyl rotor at 30 cm⁻¹ goes slightly
+    imaginary with the residual force of any relaxation; that is no saddle point)."""
+    contact_max_distance_A: Annotated[float, Field(gt=0)] = 2.6
+    """Non-bonded pairs closer than this at the start geometry are pulled together (and every bond):
+    geminal H–H (1.8 Å) and 1–3 pairs (2.1–2.5 Å), the pairs hot MD pushes together."""
+    contact_min_distance_A: Annotated[float, Field(gt=0)] = 0.5
+    """How close the pulls bring each pair."""
+    contact_step_A: Annotated[float, Field(gt=0, le=0.5)] = 0.1
+    """Distance step of the pulls (a pull stops at the model's wall, ``contact_reach_meV``)."""
+    contact_reach_meV: Annotated[float, Field(gt=0)] = 2000.0
+    """A pull counts until the model's energy has risen this much (23 kT at the stress ramp's
+    1000 K: MD does not climb higher, and a well behind that wall is never found)."""
+    contact_tolerance_meV: Annotated[float, Field(ge=0)] = 20.0
+    """A model well deeper than this is checked against the oracle's curve on the same pull."""
+    cache_dir: Path | None = None
+    """Where the oracle's side is cached (``null``: ``$MDGATE_CACHE_DIR/pes`` or ``~/.cache/mdgate/pes``)."""
+    criteria: PesCriteria = Field(default_factory=PesCriteria)  # type: ignore[valid-type]
+
+
 class GateConfig(_Strict):
     """Everything a gate applies: MD settings, criteria and the molecule sets."""
 
@@ -261,6 +320,8 @@ class GateConfig(_Strict):
     """The NVE stage's checks and the reference-set accuracy checks."""
     sanity: SanitySettings = Field(default_factory=SanitySettings)
     stress: StressSettings = Field(default_factory=StressSettings)
+    pes: PesSettings = Field(default_factory=PesSettings)
+    """The energy landscape against the oracle (before MD)."""
     oracle: OracleSettings = Field(default_factory=OracleSettings)
     rates: RateSettings = Field(default_factory=RateSettings)
     """Failure rates of the MD stages (NVE, stress), decided with confidence."""

@@ -156,6 +156,7 @@ class Timing(BaseModel):
     model_call: str = "eager"
     """``compiled`` when the model ran through ``torch.compile``, else why it ran eagerly."""
     sanity_s: float = 0.0
+    pes_s: float = 0.0
     stress_s: float = 0.0
     oracle_s: float = 0.0
 
@@ -223,7 +224,9 @@ class StageResult(BaseModel):
     molecule_checks: dict[str, list[CheckResult]] = Field(default_factory=dict)
     """Sanity: the checks of each molecule."""
     oracle: str | None = None
-    """Oracle stage: who judged the forces."""
+    """Oracle and pes stages: who judged."""
+    curves: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Pes stage: per molecule, the conformer energies and torsion profiles of model and oracle (meV)."""
 
 
 class ComparedFigure(BaseModel):
@@ -338,8 +341,9 @@ class PlacedCheck(BaseModel):
         return f"{self.stage}/{self.molecule}" if self.molecule is not None else self.stage
 
 
-#: The protocol order in which a result's checks are walked (the first failure decides).
-PROTOCOL_ORDER = ("sanity", "nve", "accuracy", "stress", "oracle")
+#: The order in which a result's checks are walked (the first failure decides). The energy
+#: landscape runs before MD but is named last: a model that breaks in MD is named for that first.
+PROTOCOL_ORDER = ("sanity", "nve", "accuracy", "stress", "oracle", "pes")
 
 
 def _stage_molecules(result: ValidationResult, name: str) -> list[tuple[str, list[CheckResult]]]:

@@ -1,5 +1,5 @@
-"""The validation pipeline: load → sanity → MD (NVE and heat stress) → accuracy → oracle →
-verdict → report.
+"""The validation pipeline: load → sanity → energy landscape (pes) → MD (NVE and heat stress) →
+accuracy → oracle → verdict → report.
 
 :func:`run_pipeline` is the one pipeline: ``mdgate validate`` (:func:`validate`) and the gate flow
 both call it; the flow only plugs in its own way of mapping MD over molecules (one Prefect task
@@ -42,6 +42,7 @@ from mdgate.results import (
 from mdgate.stages.accuracy import run_accuracy
 from mdgate.stages.md import MoleculeRun, ProgressFn, run_md
 from mdgate.stages.oracle import run_oracle_stage
+from mdgate.stages.pes import run_pes_stage
 from mdgate.stages.sanity import run_sanity_stage
 
 
@@ -159,9 +160,11 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
                  map_md: MapMD | None = None, run_stage: StageFn | None = None,
                  progress: ProgressFn | None = None, parent: Potential | None = None,
                  parent_level: str | None = None) -> ValidationResult:
-    """The validation protocol on loaded inputs: sanity → MD stages → accuracy → oracle → verdict.
+    """The validation protocol on loaded inputs: sanity → pes → MD stages → accuracy → oracle → verdict.
 
-    A required sanity stage that fails rejects the model without running MD.
+    A required sanity stage that fails rejects the model without running the pes stage or MD (a
+    broken model); a failing pes stage does not stop MD (its verdict is Rejected either way, and
+    the report shows how the model behaves in MD too).
 
     Args:
         inputs: the loaded potential and molecule sets.
@@ -187,6 +190,10 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
         timing.sanity_s = stages[Stage.SANITY].seconds
     sanity_failed = stages.get(Stage.SANITY) is not None and stages[Stage.SANITY].passed is False \
         and config.sanity.required
+    if config.pes.enabled and not sanity_failed:
+        stages[Stage.PES] = stage("pes", lambda: run_pes_stage(pot, inputs.molecules, config, meta.level_of_theory,
+                                                               parent, parent_level))
+        timing.pes_s = stages[Stage.PES].seconds
     t_md = time.perf_counter()
     runs = [] if sanity_failed else (map_md or (lambda mols: run_md(pot, mols, config, progress)))(inputs.molecules)
     timing.md_s = time.perf_counter() - t_md

@@ -12,6 +12,7 @@ from markdown_it import MarkdownIt
 
 from mdgate.checks.table import CHECKS, Stage
 from mdgate.report.champion import champion_section, overlay_jobs
+from mdgate.report.pes import pes_plot_jobs
 from mdgate.report.plots import PlotJob, render_all
 from mdgate.report.stages import plot_stress, plot_survival, stage_sections
 from mdgate.report.tables import check_rows, fmt, label, markdown_table, molecule_rows, status
@@ -369,6 +370,8 @@ def write_report(result: ValidationResult, out_dir: Path,
     if stress is not None and any(m.rate is not None and m.rate.n_failed for m in stress.molecules):
         add_plot("survival", "plots/survival_stress.png", (plot_survival, (stress.molecules,
                                                                           out_dir / "plots/survival_stress.png")))
+    for key, (rel, job) in pes_plot_jobs(result, out_dir).items():
+        add_plot(key, rel, job)
     if baseline is not None:
         result.baseline = baseline.record()
         for key, (rel, job) in overlay_jobs(result, baseline, out_dir).items():

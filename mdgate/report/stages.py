@@ -1,10 +1,11 @@
-"""The report's section per protocol stage (sanity, heat stress, oracle) and the stress plot."""
+"""The report's section per protocol stage (sanity, energy landscape, heat stress, oracle) and the stress plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mdgate.checks.table import STAGE_TITLE, Stage
+from mdgate.report.pes import pes_section
 from mdgate.report.tables import fmt, label, status
 from mdgate.results import CheckResult, MoleculeResult, StageResult, ValidationResult
 
@@ -46,6 +47,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
             f"≤ {s.get('relax_steps')} steps). Worst molecule:")
         add("")
         _check_table(sanity.checks, add)
+    pes_section(result, plots, add)
     stress = result.stages.get(Stage.STRESS)
     if stress is not None and stress.ran:
         _stress_section(stress, plots, add)

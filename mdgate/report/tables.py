@@ -12,7 +12,8 @@ from mdgate.checks.table import CHECKS, STAGE_TITLE, Stage, summary_columns
 from mdgate.results import CheckResult, ValidationResult, fmt, iter_checks
 
 #: Short stage names for table headers.
-STAGE_SHORT = {"sanity": "sanity", "nve": "NVE", "accuracy": "accuracy", "stress": "stress", "oracle": "oracle"}
+STAGE_SHORT = {"sanity": "sanity", "pes": "PES", "nve": "NVE", "accuracy": "accuracy", "stress": "stress",
+               "oracle": "oracle"}
 
 
 def status(c: CheckResult) -> str:

@@ -10,6 +10,7 @@ candidate's own MD (both MD stages), where a test set made at equilibrium never 
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from mdgate.checks.verdict import stage_result
 from mdgate.config import GateConfig, OracleKind, OracleSettings
 from mdgate.errors import ConfigError, MdgateError
 from mdgate.potentials import Potential
-from mdgate.potentials.predict import predict
+from mdgate.potentials.predict import PotentialCalculator, predict
 from mdgate.results import StageResult
 
 #: A frame: (stage, molecule, atomic numbers [n], positions [n, 3] Å).
@@ -39,6 +40,36 @@ class Oracle:
     potential: Potential | None = None
     calculator_factory: Any = None
     failures: list[str] = field(default_factory=list)
+    key: str | None = None
+    """What identifies the oracle's results for caching (``None``: not cached)."""
+
+    def calculator(self) -> Any:
+        """A fresh ASE calculator of the oracle (for its own relaxations)."""
+        if self.potential is not None:
+            return PotentialCalculator(self.potential)
+        return self.calculator_factory()
+
+    def evaluate(self, structures: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Energies (eV) and forces (eV/Å) of ``(numbers, positions)`` structures; a structure
+        the oracle could not compute gets energy and forces NaN (and a line in ``failures``).
+        """
+        if self.potential is not None:
+            return predict(self.potential, structures)
+        energies, forces = np.full(len(structures), np.nan), []
+        calc, last = None, None
+        for k, (z, x) in enumerate(structures):
+            if calc is None or last is None or not np.array_equal(z, last):
+                calc, last = self.calculator_factory(), z
+            atoms = Atoms(numbers=z, positions=x)
+            atoms.calc = calc
+            try:
+                energies[k] = atoms.get_potential_energy()
+                forces.append(np.asarray(atoms.get_forces(), float))
+            except Exception as e:  # an SCF that does not converge on a squeezed geometry
+                self.failures.append(f"{atoms.get_chemical_formula()}: {type(e).__name__}: {str(e)[:80]}")
+                forces.append(np.full((len(z), 3), np.nan))
+                calc = None
+        return energies, forces
 
     def forces(self, frames: list[Frame]) -> list[np.ndarray | None]:
         """Reference forces (eV/Å) of each frame, ``None`` where the oracle failed on it."""
@@ -76,7 +107,7 @@ def make_oracle(settings: OracleSettings, parent: Potential | None = None,
             import tblite.ase  # noqa: F401
         except ImportError as e:
             raise ConfigError(f"oracle 'xtb' needs the tblite package ({e}); install mdgate's dependencies") from e
-        return Oracle("GFN2-xTB (tblite)", "GFN2-xTB", calculator_factory=_xtb)
+        return Oracle("GFN2-xTB (tblite)", "GFN2-xTB", calculator_factory=_xtb, key="tblite GFN2-xTB")
     if settings.kind == OracleKind.PARENT:
         if parent is None:
             raise ConfigError("oracle 'parent' needs the parent model: set oracle.parent_model, or register the "
@@ -90,7 +121,8 @@ def make_oracle(settings: OracleSettings, parent: Potential | None = None,
         raise ConfigError(f"oracle.calculator = {path!r}: cannot import it ({type(e).__name__}: {e}); "
                           "use 'package.module:Class'") from e
     kwargs = dict(settings.calculator_kwargs)
-    return Oracle(path, settings.level_of_theory, calculator_factory=lambda: factory(**kwargs))
+    return Oracle(path, settings.level_of_theory, calculator_factory=lambda: factory(**kwargs),
+                  key=json.dumps([path, kwargs], sort_keys=True, default=str))
 
 
 def pick_frames(snapshots: list[tuple[int, np.ndarray]], k: int) -> list[tuple[int, np.ndarray]]:
