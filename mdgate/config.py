@@ -278,7 +278,7 @@ class PesSettings(_Strict):
     relax_fmax_eV_per_A: Annotated[float, Field(gt=0)] = 0.01
     """The model's relaxations from the oracle's minima stop below this force (FIRE, batched); the
     lowest one is where the model's frequencies are taken."""
-    relax_max_steps: Annotated[int, Field(ge=0)] = 500
+    relax_max_steps: Annotated[int, Field(ge=0)] = 200
     """Step budget of the model's relaxations."""
     torsion_step_deg: Annotated[float, Field(gt=0, le=120)] = 30.0
     """Angle step of the relaxed torsion scans (a full turn)."""

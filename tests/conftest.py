@@ -7,6 +7,7 @@ steps on a few molecules.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ def _pin_torch() -> None:
     """One thread (the machine is shared; results must not depend on threading), float32."""
     torch.set_num_threads(1)
     torch.set_default_dtype(DTYPE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pes_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The energy-landscape stage caches what its oracle computed for molecule sets outside the
+    package: in a folder of this session, not the user's cache (inherited by servers the tests start).
+    """
+    os.environ["MDGATE_CACHE_DIR"] = str(tmp_path_factory.mktemp("mdgate-cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -270,7 +270,9 @@ class HoleModel(nn.Module):
 #: Short heat-stress and oracle stages for tests of other things (the default protocol runs
 #: 4000 stress steps × 3 replicas per molecule): a 0.1 ps ramp, one oracle frame per trajectory.
 QUICK_STAGES: dict = {"stress": {"ramp_ps": 0.05, "hold_ps": 0.05}, "oracle": {"frames_per_trajectory": 1},
-                      "sanity": {"relax_steps": 50}}
+                      "sanity": {"relax_steps": 50},
+                      # The oracle's side stays the packaged one (none of its settings change).
+                      "pes": {"relax_max_steps": 30, "contact_max_distance_A": 1.9, "contact_step_A": 0.25}}
 
 
 def quick(config: dict) -> dict:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 Structures = list[tuple[np.ndarray, np.ndarray]]
 
 
+class NonFiniteOutput(ValueError):
+    """The model returned NaN/inf on a landscape structure."""
+
+
 @dataclass
 class PesCurves:
     """What the report plots for one molecule (energies in meV relative to the lowest minimum or
@@ -98,11 +102,15 @@ def conformers(potential: Potential, ref: PesReference, settings: PesSettings,
     z = ref.z
     minima = [ref.minimum(k) for k in range(len(ref.conformers))]
     e_model, _ = predict(potential, [(z, x) for x in minima])
+    if not np.isfinite(e_model).all():
+        raise NonFiniteOutput("the model returned non-finite energies at the oracle's minima")
     rel_model = (e_model - e_model[0]) * 1000
     rel_oracle = (np.array(ref.conformer_energies_eV) - ref.conformer_energies_eV[0]) * 1000
     curves.conformer_model_meV, curves.conformer_oracle_meV = rel_model.tolist(), rel_oracle.tolist()
     relaxed, fmax = relax_batch(potential, [(z, x) for x in minima], settings.relax_fmax_eV_per_A,
                                 settings.relax_max_steps)
+    if not all(np.isfinite(x).all() for x in relaxed):
+        raise NonFiniteOutput("the model's relaxation from the oracle's minima went non-finite")
     curves.model_minimum = relaxed[0].tolist()
     out: dict[str, float | None] = {
         "model_minimum_max_force_eV_per_A": float(fmax[0]),

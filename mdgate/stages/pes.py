@@ -32,7 +32,7 @@ from mdgate.checks.table import Stage
 from mdgate.checks.verdict import stage_result
 from mdgate.config import GateConfig, OracleKind, PesSettings
 from mdgate.molecules import Molecule
-from mdgate.pes.measure import PesCurves, conformers, contacts, torsions, vibrations
+from mdgate.pes.measure import NonFiniteOutput, PesCurves, conformers, contacts, torsions, vibrations
 from mdgate.pes.reference import reference
 from mdgate.potentials import Potential
 from mdgate.results import CheckResult, StageResult
@@ -73,9 +73,18 @@ def run_pes_stage(potential: Potential, molecules: list[Molecule], config: GateC
     oracle = make_oracle(config.oracle, parent, parent_level)
     cross = (config.oracle.kind != OracleKind.PARENT and bool(model_level) and bool(oracle.level_of_theory)
              and str(model_level).lower() != str(oracle.level_of_theory).lower())
-    figures, checks, curves = {}, {}, {}
+    figures: dict[str, dict[str, float | None]] = {}
+    checks: dict[str, list[CheckResult]] = {}
+    curves: dict[str, dict] = {}
     for mol in molecules:
-        figs, curve, notes = measure_molecule(potential, mol, oracle, config)
+        try:
+            figs, curve, notes = measure_molecule(potential, mol, oracle, config)
+        except NonFiniteOutput as e:
+            figures[mol.name] = {}
+            note = f"not measured: {e}; judged by the MD stages' finite check"
+            checks[mol.name] = [check(name, None, b, required=False).model_copy(update={"passed": None, "note": note})
+                                for name in check_names(st.criteria) if (b := enabled(st.criteria, name)) is not None]
+            continue
         figures[mol.name], curves[mol.name] = figs, asdict(curve)
         checks[mol.name] = [_check(name, figs, st, cross, notes) for name in check_names(st.criteria)
                             if enabled(st.criteria, name) is not None]

@@ -168,7 +168,8 @@ def test_webhook_gates_good_and_bad(gated: Gated, registry: Registry, stack: Sta
     assert results["verdict"] == "Approved"
     assert [m["name"] for m in results["molecules"]] == ["ethanol", "malonaldehyde"]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {f"plots/{kind}_{m}.png" for kind in ("energy", "stress") for m in ("ethanol", "malonaldehyde")}
+    assert plots == {f"plots/{kind}_{m}.png" for kind in ("energy", "stress", "pes")
+                     for m in ("ethanol", "malonaldehyde")}
     # the Prefect side: one flow run per version, named after it, final state named after the verdict
     from prefect.client.schemas.filters import (
         ArtifactFilter,

@@ -127,6 +127,6 @@ def test_the_pipeline_runs_every_stage_on_ani(
                                                   "device": "cpu"}, "oracle": {"enabled": False}})
     result = runner.run_pipeline(runner.Inputs(batched, mols, reference), config, batched.meta, str(EXAMPLE))
     assert result.verdict.value != "Error", result.reason
-    assert {s: st.ran for s, st in result.stages.items()} == {"sanity": True, "nve": True, "stress": True,
-                                                              "accuracy": True}
+    assert {s: st.ran for s, st in result.stages.items()} == {"sanity": True, "pes": True, "nve": True,
+                                                              "stress": True, "accuracy": True}
     assert result.model.level_of_theory == "wB97X/6-31G(d)" and result.model.n_parameters == batched.n_parameters

@@ -155,8 +155,9 @@ def test_report_markdown_has_the_hand_made_reports_sections(rejected) -> None:
         assert levels.get(name) == 3, name
     stress = result.stages["stress"].molecules
     survival = ["plots/survival_stress.png"] if any(m.rate and m.rate.n_failed for m in stress) else []
+    pes = [f"plots/pes_{m}.png" for m in result.stages["pes"].curves]  # both molecules have torsions
     assert sorted(parsed.images) == sorted([f"plots/energy_{m.name}.png" for m in result.molecules]
-                                           + [f"plots/stress_{m.name}.png" for m in stress] + survival)
+                                           + [f"plots/stress_{m.name}.png" for m in stress] + survival + pes)
 
 
 def test_report_tables_carry_the_measured_values(rejected) -> None:
