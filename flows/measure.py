@@ -24,7 +24,7 @@ from mdgate.config import GateConfig, OracleKind
 from mdgate.errors import MetadataError
 from mdgate.potentials import ModelMeta, load
 from mdgate.results import ValidationResult
-from mdgate.runner import Inputs, load_inputs, run_pipeline
+from mdgate.runner import Inputs, configure_threads, load_inputs, run_pipeline
 from mdgate.stages.md import MoleculeRun
 from registry import types as T
 from registry.types import Candidate, Claim
@@ -39,12 +39,20 @@ def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta, timeou
     return call_with_deadline(lambda: load_inputs(model_path, config, meta), timeout_s, "loading the model")
 
 
-def run_stage(name: str, fn: Any, timeout_s: float | None = None) -> Any:
+def run_stage(name: str, fn: Any, timeout_s: float | None = None, threads: int = 0) -> Any:
     """Run a pipeline stage (sanity, pes, accuracy, oracle) as a Prefect task of its own, with a hard
     deadline: these stages call the model too, and a model that hangs there must end the gate as
     Error like one that hangs in MD.
+
+    ``threads``: torch threads for the stage (0: leave them). Until MD sets its lanes' threads the
+    flow's process has torch's default, every core, and with two gates at a time that oversubscribes
+    the CPU: the pes stage measured 5-7× slower in the demo's gates than alone.
     """
-    return task(name=name, **ENGINE_TASK)(lambda: call_with_deadline(fn, timeout_s, f"the {name} stage"))()
+    def body() -> Any:
+        configure_threads(threads)
+        return fn()
+
+    return task(name=name, **ENGINE_TASK)(lambda: call_with_deadline(body, timeout_s, f"the {name} stage"))()
 
 
 def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: GateConfig, work: Path, key: str,
@@ -62,7 +70,8 @@ def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: 
         parent, parent_level = load_parent(settings, model.meta, config, work)
     result = run_pipeline(inputs, config, model.meta, source,
                           map_md=lambda mols: run_molecules(settings, claim, inputs, config, key, md_prefix),
-                          run_stage=lambda name, fn: run_stage(name, fn, settings.md_timeout_s),
+                          run_stage=lambda name, fn: run_stage(name, fn, settings.md_timeout_s,
+                                                               settings.md_threads(settings.max_gates)),
                           parent=parent, parent_level=parent_level)
     result.timing.total_s = time.perf_counter() - t0
     return result
