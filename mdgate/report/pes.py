@@ -42,11 +42,13 @@ def pes_section(result: ValidationResult, plots: dict[str, str], add) -> None:
     add("")
     add(f"**Oracle**: {pes.oracle}. {s.get('n_conformers')} conformer embeddings per molecule relaxed by the oracle "
         f"(unique minima, those within {fmt(s.get('conformer_window_meV'))} meV of the lowest judged); relaxed "
-        f"torsion scans every {fmt(s.get('torsion_step_deg'))}° (model energies at the oracle's geometries, angles "
-        f"within {fmt(s.get('torsion_window_meV'))} meV judged); harmonic frequencies at the oracle's lowest minimum; "
+        f"torsion scans every {fmt(s.get('torsion_step_deg'))}° (model energies at the oracle's geometries; the angles "
+        f"reachable from the minimum below {fmt(s.get('torsion_window_meV'))} meV judged); harmonic frequencies, each "
+        f"method at its own minimum; "
         f"every bond and every pair closer than {fmt(s.get('contact_max_distance_A'))} Å pulled together down to "
         f"{fmt(s.get('contact_min_distance_A'))} Å (wells counted up to {fmt(s.get('contact_reach_meV'))} meV on "
-        f"the model's curve). Chemical accuracy is 43 meV (1 kcal/mol). {pes.note}.")
+        f"the model's curve). Chemical accuracy is 43 meV (1 kcal/mol)."
+        + (f" {pes.note[0].upper()}{pes.note[1:]}." if "cross-level" in pes.note else ""))
     add("")
     add("| Check | Value (worst) | Bound | Status | Note |")
     add("|---|---|---|---|---|")
