@@ -92,25 +92,28 @@ def test_sanity_rejects_a_non_conservative_model_before_md(tmp_path: Path, good_
 @pytest.mark.slow
 def test_a_hole_only_hot_modes_reach_is_rejected_by_the_stress_stage(tmp_path: Path, good_model_path: Path,
                                                                       small_set) -> None:
-    """painn_small with an H–H well below 1.52 Å: today's stages (sanity, NVE at 300 K, reference
-    R²) pass it; the heat-stress ramp drops it into the hole and rejects it.
+    """painn_small with an H–H well below 1.52 Å: sanity, NVE at 300 K and reference R² pass it;
+    the heat-stress ramp drops it into the hole and rejects it, and so does the pes stage's
+    close-contact pull, without MD (named after the stress stage in the reason).
     """
     meta = ModelMeta(**MODEL_META)
     sets = {"molecules": str(small_set.molecules), "reference": str(small_set.reference)}
     hole = save_model(HoleModel(load_module(good_model_path), **HOLE), tmp_path / "hole.pt", MODEL_META)
 
-    def run(model: Path, stress: bool):
-        config = parse_config({**HOT, **sets, "stress": {**HOT["stress"], "enabled": stress}})
+    def run(model: Path, stress: bool, pes: bool = True):
+        config = parse_config({**HOT, **sets, "stress": {**HOT["stress"], "enabled": stress},
+                               "pes": {"enabled": pes}})
         return run_pipeline(load_inputs(model, config, meta), config, meta, model.name)
 
     base = run(good_model_path, True)
     assert base.verdict == Verdict.APPROVED, base.reason  # the well of the base model is sound
-    today = run(hole, False)
+    today = run(hole, False, pes=False)
     assert today.verdict == Verdict.APPROVED, today.reason
     assert today.accuracy is not None and today.accuracy.force_r2 == pytest.approx(base.accuracy.force_r2, abs=1e-3)
     hot = run(hole, True)
     assert hot.verdict == Verdict.REJECTED
     assert hot.decided_by is not None and hot.decided_by.startswith("stress/"), hot.reason
+    assert any(f.stage == "pes" and f.check == "close_contact_well_meV" for f in hot.failures)
     fails = [r.failure for m in hot.stages["stress"].molecules for r in m.replicas if r.failure]
     assert fails and all(f.temperature_K is not None and f.time_ps > 0 for f in fails)
     assert min(f.target_temperature_K for f in fails) > 300.0  # the hole needs heat
