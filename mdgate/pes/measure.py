@@ -18,6 +18,7 @@ from mdgate.pes.reference import PesReference, torsion_structures
 from mdgate.pes.vibrations import harmonic
 from mdgate.potentials import Potential
 from mdgate.potentials.predict import predict
+from mdgate.stages.sanity import kabsch_rmsd_A
 
 if TYPE_CHECKING:
     from mdgate.config import PesSettings
@@ -84,13 +85,6 @@ def relax_batch(potential: Potential, structures: Structures, fmax_eV_per_A: flo
             norm = np.linalg.norm(step)
             x[k] = x[k] + (step * 0.2 / norm if norm > 0.2 else step)
     return x, fmax
-
-
-def kabsch_rmsd_A(a: np.ndarray, b: np.ndarray) -> float:
-    """RMSD of two conformations after optimal superposition."""
-    from mdgate.stages.sanity import kabsch_rmsd_A as rmsd
-
-    return rmsd(a, b)
 
 
 def conformers(potential: Potential, ref: PesReference, settings: PesSettings,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mdgate.checks.table import STAGE_TITLE, Stage
-from mdgate.report.tables import fmt, label, status
+from mdgate.report.tables import check_table, fmt
 from mdgate.results import StageResult, ValidationResult
 
 #: Per-molecule columns: (header, figure key).
@@ -50,12 +50,7 @@ def pes_section(result: ValidationResult, plots: dict[str, str], add) -> None:
         f"the model's curve). Chemical accuracy is 43 meV (1 kcal/mol)."
         + (f" {pes.note[0].upper()}{pes.note[1:]}." if "cross-level" in pes.note else ""))
     add("")
-    add("| Check | Value (worst) | Bound | Status | Note |")
-    add("|---|---|---|---|---|")
-    for c in pes.checks:
-        bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
-        add(f"| {label(c.name)} (`{c.name}`) | {fmt(c.value)} {c.unit} | {bound} | {status(c)} | {c.note or '-'} |")
-    add("")
+    check_table(pes.checks, add)
     _molecule_table(pes, add)
     for mol in pes.curves:
         if f"pes:{mol}" in plots:

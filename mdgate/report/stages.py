@@ -6,17 +6,8 @@ from pathlib import Path
 
 from mdgate.checks.table import STAGE_TITLE, Stage
 from mdgate.report.pes import pes_section
-from mdgate.report.tables import fmt, label, status
-from mdgate.results import CheckResult, MoleculeResult, StageResult, ValidationResult
-
-
-def _check_table(checks: list[CheckResult], add, value_title: str = "Value (worst)") -> None:
-    add(f"| Check | {value_title} | Bound | Status | Note |")
-    add("|---|---|---|---|---|")
-    for c in checks:
-        bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
-        add(f"| {label(c.name)} (`{c.name}`) | {fmt(c.value)} {c.unit} | {bound} | {status(c)} | {c.note or '-'} |")
-    add("")
+from mdgate.report.tables import check_table, fmt
+from mdgate.results import MoleculeResult, StageResult, ValidationResult
 
 
 def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None:
@@ -46,7 +37,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
             f"molecules in one batch against each alone, BFGS relaxation (fmax {s.get('relax_fmax_eV_per_A')} eV/Å, "
             f"≤ {s.get('relax_steps')} steps). Worst molecule:")
         add("")
-        _check_table(sanity.checks, add)
+        check_table(sanity.checks, add)
     pes_section(result, plots, add)
     stress = result.stages.get(Stage.STRESS)
     if stress is not None and stress.ran:
@@ -57,7 +48,7 @@ def stage_sections(result: ValidationResult, plots: dict[str, str], add) -> None
         add("")
         add(f"**Oracle**: {oracle.oracle}. {oracle.note}.")
         add("")
-        _check_table(oracle.checks, add, "Value")
+        check_table(oracle.checks, add, "Value")
         add("| Frames from | Frames | Force R² | Force MAE (eV/Å) | Force RMSE (eV/Å) |")
         add("|---|---|---|---|---|")
         for group, v in oracle.per_molecule.items():
@@ -162,7 +153,7 @@ def _stress_section(stress: StageResult, plots: dict[str, str], add) -> None:
         f"stays beyond the bound for {s.get('hold_fs', 0)} fs (the value is the worst level held that long). "
         "Worst molecule and replica:")
     add("")
-    _check_table(stress.checks, add)
+    check_table(stress.checks, add)
     add("| Molecule | Replica | Completed | Time to failure (ps) | T at failure (K) | Target T (K) | Stopped by |")
     add("|---|---|---|---|---|---|---|")
     for mol in stress.molecules:

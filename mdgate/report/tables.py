@@ -131,3 +131,13 @@ def stage_title(stage: str) -> str:
         return STAGE_TITLE[Stage(stage)]
     except ValueError:
         return stage
+
+
+def check_table(checks: list[CheckResult], add, value_title: str = "Value (worst)") -> None:
+    """A stage's checks as a Markdown table (label and name, value, bound, status, note) through ``add``."""
+    add(f"| Check | {value_title} | Bound | Status | Note |")
+    add("|---|---|---|---|---|")
+    for c in checks:
+        bound = f"{c.comparison} {fmt(c.bound)}" if c.bound is not None else "-"
+        add(f"| {label(c.name)} (`{c.name}`) | {fmt(c.value)} {c.unit} | {bound} | {status(c)} | {c.note or '-'} |")
+    add("")

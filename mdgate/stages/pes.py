@@ -60,8 +60,7 @@ def measure_molecule(potential: Potential, mol: Molecule, oracle: Oracle, config
     figures.update(contact)
     figures.update({"oracle_seconds": ref.seconds if not ref.cached else 0.0, "reference_seconds": t_ref,
                     "model_seconds": time.perf_counter() - t0 - t_ref})
-    notes = {"close_contact": where or "", "topology": ref.source,
-             "reference": "cached" if ref.cached else f"computed in {ref.seconds:.1f} s"}
+    notes = {"close_contact": where or ""}
     return figures, curves, notes
 
 
