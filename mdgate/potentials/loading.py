@@ -2,8 +2,9 @@
 into a :class:`~mdgate.potentials.Potential`, through the adapter its framework names
 (:data:`ADAPTERS`), and :func:`check_coverage` says which molecules hold elements it does not cover.
 
-A ``loader`` (``module:callable``) is imported and called: it runs code from that module. Load
-only descriptors from a trusted registry (design 5c: such models belong in a model process).
+A ``loader`` (``module:callable``) is imported and called, and a pickle runs code from its file:
+given an :class:`~mdgate.potentials.isolation.Isolation`, :func:`load` loads such models only in a
+model process (:mod:`mdgate.potentials.remote`), and pickles only when the policy allows them.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from mdgate.potentials import LoadedPotential, ModelMeta, Potential
 from mdgate.potentials.adapters import AsePotential, TorchaniPotential
 from mdgate.potentials.describe import resolve
 from mdgate.potentials.descriptor import Descriptor, Framework, symbol
+from mdgate.potentials.isolation import Isolation, in_model_process
+from mdgate.potentials.remote import RemotePotential
 from mdgate.potentials.schnetpack import SchnetpackPotential, find_cutoff_A, load_potential, resolve_device
 
 
-def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta | None = None) -> LoadedPotential:
+def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta | None = None,
+         isolation: Isolation | None = None, probes: list[str] | None = None) -> LoadedPotential:
     """Load a model as a batched potential.
 
     Args:
@@ -36,18 +40,27 @@ def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta 
         device: ``auto`` | ``cpu`` | ``cuda`` (``auto`` prefers CUDA).
         meta: metadata given explicitly (options, a sidecar); a field that contradicts the
             descriptor is an error; ``parent`` and such are kept.
+        isolation: the trust policy (:mod:`mdgate.potentials.isolation`): pickles and loaders in
+            a model process, pickles only when allowed. ``None``: a trusted caller, everything
+            in this process.
+        probes: folders the model process must not be able to write (checked before the model
+            loads when it runs sandboxed).
 
     Returns:
         The potential, with ``meta`` (:class:`ModelMeta`) and ``check_elements``; those of other
         frameworks than schnetpack also have ``descriptor`` and ``elements``.
 
     Raises:
-        ModelLoadError: nothing loadable, a loader that cannot be imported or fails.
+        ModelLoadError: nothing loadable, a loader that cannot be imported or fails, a pickle
+            the policy does not allow, a model process that does not start.
         MetadataError: a bad descriptor or contradictory metadata.
         ModelInterfaceError: the loader returned something the adapter cannot call.
     """
     descriptor = resolve(source, meta)
-    return ADAPTERS[descriptor.framework](descriptor, descriptor.model_meta(meta), resolve_device(device))
+    model_meta = descriptor.model_meta(meta)
+    if isolation is not None and in_model_process(descriptor, isolation):
+        return RemotePotential(descriptor, model_meta, resolve_device(device), isolation, probes)
+    return ADAPTERS[descriptor.framework](descriptor, model_meta, resolve_device(device))
 
 
 def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
