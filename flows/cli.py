@@ -24,7 +24,7 @@ import mdgate
 from flows.cli_decisions import history, regate, review, rollback
 from flows.oneoff import choose, gate_once
 from flows.settings import exported_settings
-from mdgate.cli import EXIT_APPROVED, EXIT_ERROR, EXIT_REJECTED, fail, read_meta_file, validate
+from mdgate.cli import EXIT_APPROVED, EXIT_ERROR, EXIT_REJECTED, convert, fail, read_meta_file, validate
 from mdgate.config import load_config
 from mdgate.errors import MdgateError
 
@@ -36,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(validate)
+app.command()(convert)
 for _command in (review, history, rollback, regate):
     app.command()(_command)
 

@@ -37,8 +37,11 @@ from flows.settings import Settings
 from mdgate.config import load_config
 from registry import Registry, VersionInfo
 from registry import types as T
-from registry.artifacts import download, file_sha256
-from registry.register import register_potential
+from mdgate.errors import ModelLoadError
+from mdgate.potentials.schnetpack import load_module
+from mdgate.potentials.spec import is_state_dict_model, save_state_dict_model
+from registry.artifacts import download
+from registry.register import model_sha256, register_potential
 
 MODEL_NAME = "painn-md17"
 #: (file stem in examples/models, parent stem or None) in registration order: the teacher, its
@@ -90,6 +93,8 @@ def start_serve(settings: Settings, config: Path, timeout_s: float = 300.0) -> N
     # two gates at once took within 4 % of one after the other (README, "What the demo shows"),
     # and one gate's start, report and publish overlap another's MD.
     env.setdefault("MDGATE_MAX_GATES", str(DEMO_MAX_GATES))
+    # The demo's own pickle (the direct-force student) may be loaded, in the model process.
+    env.setdefault("MDGATE_ALLOW_PICKLES", MODEL_NAME)
     mdgate = Path(sys.executable).parent / "mdgate"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(mdgate), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -123,8 +128,14 @@ def stop_serve(settings: Settings) -> bool:
     return True
 
 
-def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
-    """Register the teacher and the students once; a re-run reuses versions of the same files."""
+def register_study(registry: Registry, models_dir: Path, echo, store: Path) -> list[Row]:
+    """Register the teacher and the students once; a re-run reuses versions of the same files.
+
+    Each model is registered weights-only (converted into ``store`` once: the gate loads it
+    without running code); one the format cannot describe (the direct-force student's head) is
+    registered as the pickle it is, which the demo's gate allows for its own model name
+    (``MDGATE_ALLOW_PICKLES``) and evaluates in the sandboxed model process.
+    """
     existing: dict[str, VersionInfo] = {}
     with contextlib.suppress(Exception):
         for v in registry.list_versions(MODEL_NAME):
@@ -138,12 +149,14 @@ def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
                 raise FileNotFoundError(f"{path} is missing: train it with scripts/train_models.py (scripts/README.md)")
             echo(f"  {stem}: {path} is not there (train it with scripts/train_models.py): skipped")
             continue
-        sha = file_sha256(path)
+        path = weights_only(path, store / stem)
+        sha = model_sha256(path)
         if sha in existing:
             info = existing[sha]
             echo(f"  {stem}: already registered as {MODEL_NAME} v{info.version} ({info.status or 'no status'})")
         else:
-            meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+            sidecar = models_dir / f"{stem}.json"
+            meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
             meta = {k: meta[k] for k in ("level_of_theory", "energy_unit", "position_unit", "energy_key",
                                          "forces_key", "cutoff_A") if meta.get(k) is not None}
             parent_ref = f"{MODEL_NAME}/{by_stem[parent].version}" if parent else None
@@ -154,6 +167,19 @@ def register_study(registry: Registry, models_dir: Path, echo) -> list[Row]:
         by_stem[stem] = info
         rows.append(Row(stem, info))
     return rows
+
+
+def weights_only(path: Path, folder: Path) -> Path:
+    """``folder`` holding ``path`` (a pickle of the project's own) as weights + spec, converted
+    once; ``path`` itself when the format cannot describe the model.
+    """
+    if is_state_dict_model(folder):
+        return folder
+    try:
+        save_state_dict_model(load_module(path), folder)
+    except ModelLoadError:
+        return path
+    return folder
 
 
 def wait_for_verdicts(registry: Registry, rows: list[Row], timeout_s: float,
@@ -265,7 +291,8 @@ def run_demo(settings: Settings, models_dir: Path | None = None, timeout_s: floa
     registry = Registry(settings.tracking_uri, settings.experiment)
     echo("registering the teacher and its students:")
     with _quiet_registration():
-        rows = register_study(registry, models_dir or REPO / "examples" / "models", echo)
+        rows = register_study(registry, models_dir or REPO / "examples" / "models", echo,
+                              settings.home / "demo-models")
     echo("waiting for the gate (webhook → Prefect flow → MLflow tags; progress from the Prefect API):")
     wait_for_verdicts(registry, rows, timeout_s, steps_per_molecule(config), out=out, live=live)
     fetch_results(registry, rows, settings.home / "demo-reports")

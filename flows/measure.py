@@ -23,20 +23,31 @@ from flows.tasks import ENGINE_TASK, call_with_deadline, fetch_candidate, regist
 from mdgate.config import GateConfig, OracleKind
 from mdgate.errors import MetadataError
 from mdgate.potentials import ModelMeta, load
+from mdgate.potentials.isolation import Isolation
 from mdgate.results import ValidationResult
-from mdgate.runner import Inputs, configure_threads, load_inputs, run_pipeline
+from mdgate.runner import Inputs, close, configure_threads, load_inputs, run_pipeline
 from mdgate.stages.md import MoleculeRun
 from registry import types as T
 from registry.types import Candidate, Claim
 
 
 @task(name="load", **ENGINE_TASK)
-def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta, timeout_s: float | None = None) -> Inputs:
+def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta, timeout_s: float | None = None,
+                   isolation: Isolation | None = None, probes: list[str] | None = None) -> Inputs:
     """Load the potential and the molecule sets and check them (``mdgate.runner.load_inputs``:
     the cutoff metadata, the elements, the force units), within ``timeout_s`` (loading includes
-    the model's first evaluation).
+    the model's first evaluation); a pickle or a loader in a model process (``isolation``) that
+    cannot write ``probes``.
     """
-    return call_with_deadline(lambda: load_inputs(model_path, config, meta), timeout_s, "loading the model")
+    return call_with_deadline(lambda: load_inputs(model_path, config, meta, isolation=isolation, probes=probes),
+                              timeout_s, "loading the model")
+
+
+def probes(settings: Settings, work: Path) -> list[str]:
+    """Folders a model process must not be able to write: the gate's home (the embedded servers'
+    databases and artifacts) and the gate's work folder (the model's files, the report).
+    """
+    return [str(p.resolve()) for p in (settings.home, work) if p.is_dir()]
 
 
 def run_stage(name: str, fn: Any, timeout_s: float | None = None, threads: int = 0) -> Any:
@@ -64,15 +75,19 @@ def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: 
         MdgateError: the model or its sets are unusable.
     """
     t0 = time.perf_counter()
-    inputs = load_candidate(model.model_path, config, model.meta, settings.md_timeout_s)
+    inputs = load_candidate(model.model_path, config, model.meta, settings.md_timeout_s,
+                            settings.isolation(model.name), probes(settings, work))
     parent = parent_level = None
-    if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT:
-        parent, parent_level = load_parent(settings, model.meta, config, work)
-    result = run_pipeline(inputs, config, model.meta, source,
-                          map_md=lambda mols: run_molecules(settings, claim, inputs, config, key, md_prefix),
-                          run_stage=lambda name, fn: run_stage(name, fn, settings.md_timeout_s,
-                                                               settings.md_threads(settings.max_gates)),
-                          parent=parent, parent_level=parent_level)
+    try:
+        if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT:
+            parent, parent_level = load_parent(settings, model.meta, config, work)
+        result = run_pipeline(inputs, config, model.meta, source,
+                              map_md=lambda mols: run_molecules(settings, claim, inputs, config, key, md_prefix),
+                              run_stage=lambda name, fn: run_stage(name, fn, settings.md_timeout_s,
+                                                                   settings.md_threads(settings.max_gates)),
+                              parent=parent, parent_level=parent_level)
+    finally:  # a model process ends with its gate, whatever the gate's end
+        close(inputs.potential, parent)
     result.timing.total_s = time.perf_counter() - t0
     return result
 
@@ -83,13 +98,14 @@ def load_parent(settings: Settings, meta: ModelMeta, config: GateConfig, work: P
     Raises:
         MetadataError: no parent named.
     """
-    if config.oracle.parent_model is not None:
+    if config.oracle.parent_model is not None:  # a file the operator named: trusted as the config is
         return load(config.oracle.parent_model, config.md.device.value), None
     name, _, version = (meta.parent or "").rpartition("/")
     if not name or not version:
         raise MetadataError(f"oracle 'parent' needs mdgate.parent = 'name/version' (got {meta.parent!r})")
     parent = fetch_candidate(settings, name, version, work / "parent")
-    return (load(parent.model_path, config.md.device.value, parent.meta),
+    return (load(parent.model_path, config.md.device.value, parent.meta, settings.isolation(name),
+                 probes(settings, work)),
             parent.meta.level_of_theory)
 
 

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mdgate.checks.decision import ChampionRule
+from mdgate.potentials.isolation import Isolation
 
 __all__ = ["DEPLOYMENT", "GATE_FLOW", "SWEEP_FLOW", "ChampionRule", "Settings", "load_settings"]
 
@@ -142,6 +143,20 @@ class Settings(BaseSettings):
     notify_url: str | None = None
     """Where every final decision (gate outcome, review, rollback) is posted as JSON, through a
     Prefect notification block (``flows/notify.py``). Unset: no notifications."""
+    allow_pickles: str = ""
+    """Registered model names whose pickled versions (``torch.save(model)``) the gate may load:
+    comma-separated shell patterns (``painn-*,teacher``); empty: none, such a version ends as Error
+    saying how to store it weights-only (``mdgate convert``). An allowed pickle, like any model
+    whose loader imports code, is loaded and evaluated only in the model process
+    (``mdgate.potentials.remote``)."""
+    model_process: Literal["auto", "always", "never"] = "auto"
+    """``auto``: pickles and loaders in a model process, weights-only models in the gate's process;
+    ``always``: every model in a model process; ``never``: none (the candidate's code then runs
+    where the verdict is written: for a registry whose every version you trust)."""
+    model_sandbox: Literal["auto", "required", "off"] = "auto"
+    """The model process's own user, network, PID and mount namespaces (no network, read-only
+    files but its folder): ``auto`` where the kernel allows them, ``required`` an Error where it
+    does not, ``off`` a clean environment and its own folder only."""
     champion_baseline: Literal["approved", "parent"] = "approved"
     """The baseline: the version holding ``approved`` when the candidate is gated, or the
     candidate's parent (``mdgate.parent``)."""
@@ -159,6 +174,11 @@ class Settings(BaseSettings):
     def gates_model(self, name: str) -> bool:
         """Do the webhook and the sweep gate versions of this registered model?"""
         return fnmatch.fnmatchcase(name, self.models)
+
+    def isolation(self, name: str) -> Isolation:
+        """The trust policy for loading a version of registered model ``name``."""
+        return Isolation.for_model(name, self.allow_pickles, model_process=self.model_process,
+                                   sandbox=self.model_sandbox)
 
     def md_threads(self, n_tasks: int) -> int:
         """Torch threads per MD task when ``n_tasks`` run at once (at least 1)."""

@@ -66,6 +66,10 @@ def validate(
     parent_params: Annotated[int | None, typer.Option(help="Parameter count of the parent model.")] = None,
     meta_file: Annotated[Path | None, typer.Option(help="JSON model metadata (default: MODEL.json if present).")] = None,
     n_steps: Annotated[int | None, typer.Option(help="MD steps (overrides the config).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Load torch.save(model) files (their code runs in the model "
+                                               "process); --no-allow-pickle for models you do not trust.")] = True,
+    model_process: Annotated[str, typer.Option(help="auto (pickles and loaders in a sandboxed model process, "
+                                               "weights-only models in-process) | always | never.")] = "auto",
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
 ) -> None:
     """Validate a model file or a schnetpack training run with the validation protocol (sanity, NVE, heat stress, accuracy, oracle); exit 0 Approved, 1 Rejected, 2 error.
@@ -74,6 +78,7 @@ def validate(
     are a known unit ratio off (e.g. 23.06x: kcal/mol declared as eV) is an error naming the unit.
     """
     # The engine (torch, schnetpack) is imported when the command runs: `mdgate --help` stays fast.
+    from mdgate.potentials.isolation import Isolation
     from mdgate.report.markdown import write_report
     from mdgate.results import Verdict
     from mdgate.runner import error_result
@@ -82,6 +87,9 @@ def validate(
     overrides = {"energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
                  "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
                  "parent_n_parameters": parent_params}
+    if model_process not in ("auto", "always", "never"):
+        raise fail(f"--model-process must be auto, always or never (got {model_process!r})")
+    isolation = Isolation(allow_pickles=allow_pickle, model_process=model_process)  # type: ignore[arg-type]
     try:
         cfg = _gate_config(config, molecules, reference, n_steps)
         model, meta = _model_meta(model, meta_file, overrides)
@@ -96,7 +104,7 @@ def validate(
 
     try:
         with _progress() as progress:
-            result = run_validate(model, cfg, meta, out, device, progress)
+            result = run_validate(model, cfg, meta, out, device, progress, isolation)
     except MdgateError as e:
         if traceback:
             raise
@@ -189,6 +197,36 @@ def _training_run_meta(model: Path, meta_data: dict, sources: dict[str, str]) ->
         return model, meta_data
     run = read_training_run(model)
     return run.model_path, merge_meta(run, meta_data, sources)
+
+
+@app.command()
+def convert(
+    model: Annotated[Path, typer.Argument(help="A schnetpack model written by torch.save (e.g. best_model).")],
+    out: Annotated[Path, typer.Argument(help="Folder to write architecture.json + state_dict.pt to.")],
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full traceback on errors.")] = False,
+) -> None:
+    """Store a pickled schnetpack model as weights + architecture spec, which loads without running code.
+
+    The pickle is loaded here, in this process: convert only your own files. Its metadata file
+    (MODEL.json) is copied to OUT.json, where `mdgate register OUT` and `mdgate validate OUT` find it.
+    """
+    import shutil
+
+    from mdgate.potentials.describe import sidecar_path
+    from mdgate.potentials.schnetpack import load_module
+    from mdgate.potentials.spec import save_state_dict_model
+
+    try:
+        save_state_dict_model(load_module(model), out)
+    except MdgateError as e:
+        if traceback:
+            raise
+        raise fail(str(e)) from None
+    written = [f"{out}/"]
+    if sidecar_path(model).is_file():
+        shutil.copy(sidecar_path(model), sidecar_path(out))
+        written.append(str(sidecar_path(out)))
+    typer.echo(f"wrote {' and '.join(written)}: weights only, loaded with torch.load(weights_only=True)")
 
 
 def main() -> None:

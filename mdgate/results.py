@@ -141,6 +141,9 @@ class ModelInfo(BaseModel):
     energy_key: str = "energy"
     forces_key: str = "forces"
     level_of_theory: str | None = None
+    runs_in: str | None = None
+    """Where the model's code ran: in the engine's process (weights only) or a model process,
+    and how that process was confined."""
 
 
 class Timing(BaseModel):

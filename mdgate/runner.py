@@ -28,6 +28,7 @@ from mdgate.errors import MdgateError, ModelInterfaceError
 from mdgate.md.neighbors import all_pairs
 from mdgate.molecules import Molecule, ReferenceSet, check_reference_matches, read_molecules, read_reference
 from mdgate.potentials import LoadedPotential, ModelMeta, Potential, load
+from mdgate.potentials.isolation import Isolation
 from mdgate.potentials.loading import check_coverage, model_cutoff_A
 from mdgate.report.markdown import write_report
 from mdgate.results import (
@@ -66,8 +67,12 @@ def configure_threads(threads: int) -> None:
 
 
 def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = None,
-                device: str | None = None) -> Inputs:
+                device: str | None = None, isolation: Isolation | None = None,
+                probes: list[str] | None = None) -> Inputs:
     """Load the potential and the molecule sets, and check they fit together.
+
+    ``isolation`` and ``probes``: the trust policy and the folders a model process must not write
+    (:func:`mdgate.potentials.load`).
 
     Raises:
         MdgateError: any input problem, with a one-line reason.
@@ -78,7 +83,7 @@ def load_inputs(model: str | Path, config: GateConfig, meta: ModelMeta | None = 
     if config.reference is not None or config.molecules is None:
         reference = read_reference(config.reference)
         check_reference_matches(molecules, reference)
-    potential = load(model, device or config.md.device.value, meta)
+    potential = load(model, device or config.md.device.value, meta, isolation, probes)
     declared = (meta or potential.meta).cutoff_A
     # An adapter that finds its own neighbours (an ASE calculator) needs no cutoff from the engine.
     check_cutoff(declared, model_cutoff_A(potential), potential.meta.position_unit,
@@ -120,8 +125,16 @@ def model_info(source: str, potential: LoadedPotential | None, meta: ModelMeta) 
         source=source, n_parameters=n, parent=meta.parent, parent_n_parameters=meta.parent_n_parameters,
         compression_ratio=ratio, cutoff_A=potential.cutoff_A if potential else meta.cutoff_A,
         energy_unit=meta.energy_unit, position_unit=meta.position_unit, energy_key=meta.energy_key,
-        forces_key=meta.forces_key, level_of_theory=meta.level_of_theory,
+        forces_key=meta.forces_key, level_of_theory=meta.level_of_theory, runs_in=runs_in(potential),
     )
+
+
+def runs_in(potential: LoadedPotential | None) -> str | None:
+    """Where the model's code ran, in words (``None``: not loaded)."""
+    if potential is None:
+        return None
+    sandbox = getattr(potential, "sandbox", None)
+    return sandbox if isinstance(sandbox, str) else "in the engine's process"
 
 
 def assemble(model: ModelInfo, config: GateConfig, molecules: list[MoleculeResult],
@@ -242,25 +255,43 @@ def _md_throughput(timing: Timing, molecules: list[MoleculeResult], model_call: 
 
 def validate(model: str | Path, config: GateConfig, meta: ModelMeta | None = None,
              out_dir: str | Path | None = None, device: str | None = None,
-             progress: ProgressFn | None = None) -> ValidationResult:
+             progress: ProgressFn | None = None, isolation: Isolation | None = None) -> ValidationResult:
     """Validate a model file end to end and, with ``out_dir``, write the report there.
+
+    ``isolation``: the trust policy for the model and the parent oracle (``None``: in-process).
 
     Raises:
         MdgateError: bad input (the caller turns it into an Error verdict or exit code 2).
     """
     meta = meta or ModelMeta()
     t0 = time.perf_counter()
-    inputs = load_inputs(model, config, meta, device)
+    probes = []
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        probes.append(str(Path(out_dir).resolve()))
+    inputs = load_inputs(model, config, meta, device, isolation, probes)
     parent = parent_level = None
     if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT and config.oracle.parent_model:
-        parent = load(config.oracle.parent_model, device or config.md.device.value)
+        parent = load(config.oracle.parent_model, device or config.md.device.value, isolation=isolation,
+                      probes=probes)
         parent_level = parent.meta.level_of_theory
-    result = run_pipeline(inputs, config, inputs.potential.meta, str(model), progress=progress, parent=parent,
-                          parent_level=parent_level)
+    try:
+        result = run_pipeline(inputs, config, inputs.potential.meta, str(model), progress=progress, parent=parent,
+                              parent_level=parent_level)
+    finally:
+        close(inputs.potential, parent)
     result.timing.total_s = time.perf_counter() - t0
     if out_dir is not None:
         write_report(result, Path(out_dir))
     return result
+
+
+def close(*potentials: object) -> None:
+    """Stop the model processes of these potentials (a potential without one is left as it is)."""
+    for potential in potentials:
+        stop = getattr(potential, "close", None)
+        if callable(stop):
+            stop()
 
 
 def default_threads() -> int:

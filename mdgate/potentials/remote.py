@@ -336,6 +336,8 @@ class RemotePotential:
         self.isolation = isolation
         self.probes = list(probes or [])
         self._local = threading.local()
+        self._connections: list[Connection] = []
+        """Every thread's connection (closed with :meth:`close`)."""
         t0 = time.perf_counter()
         self._process: ModelProcess | None = ModelProcess(descriptor, meta, device, isolation, self.probes)
         self.startup_s = time.perf_counter() - t0
@@ -346,7 +348,7 @@ class RemotePotential:
         self._own_cutoff_A = facts.own_cutoff_A
         self.n_parameters = facts.n_parameters
         self.uses_pairs = facts.uses_pairs
-        self.model_call = f"{facts.model_call}, model process"
+        self.model_call = facts.model_call
         self.elements: frozenset[int] | None = None if facts.elements is None else frozenset(facts.elements)
 
     @property
@@ -369,6 +371,7 @@ class RemotePotential:
                 self.socket_path = self._process.socket_path
                 conn = Connection(self.socket_path)
             self._local.conn = conn
+            self._connections.append(conn)
         return conn
 
     def _request(self, op: int, arrays: list[np.ndarray], header: tuple[int, int, int], expected: int | None,
@@ -379,16 +382,19 @@ class RemotePotential:
         except (EOFError, OSError) as e:
             conn.close()
             self._local.conn = None
+            if conn in self._connections:
+                self._connections.remove(conn)
             if self._process is not None:
                 raise self._process.died(what) from e
             raise ModelLoadError(f"the model process stopped answering before sending {what}") from e
 
     def close(self) -> None:
-        """Stop the model process if this object started it (it also stops when collected)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close this object's connections, and stop the model process if this object started it
+        (it also stops when the object is collected).
+        """
+        while self._connections:
+            self._connections.pop().close()
+        self._local = threading.local()
         if self._process is not None:
             self._process.close()
             self._process = None
@@ -398,6 +404,7 @@ class RemotePotential:
         state = self.__dict__.copy()
         state.pop("_local")
         state["_process"] = None
+        state["_connections"] = []
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -83,6 +83,8 @@ def _header(result: ValidationResult, add: Callable[[str], None]) -> None:
     if acc is not None:
         add(f"**Force R²**: {fmt(acc.force_r2)} on {acc.n_frames} {acc.reference_level_of_theory or ''} "
             "reference configurations  ")
+    if m.runs_in:
+        add(f"**Model ran**: {m.runs_in}  ")
     add(f"**Units**: energy {m.energy_unit}, positions {m.position_unit}; cutoff {fmt(m.cutoff_A)} Å  ")
     add(f"**MD settings**: NVE velocity Verlet, {md.get('timestep_fs')} fs × {md.get('n_steps')} steps "
         f"({fmt((md.get('timestep_fs') or 0) * (md.get('n_steps') or 0) / 1000)} ps), "

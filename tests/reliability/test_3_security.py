@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,85 @@ def test_state_dict_model_loads_weights_only_and_is_gated(worker: Worker, rel_re
     assert files == {"model/architecture.json", "model/state_dict.pt"}
     done, _ = wait_for_status(rel_registry, name, info.version, timeout_s=300)
     assert done.status.value == "Approved", done.reason
+
+
+def _log_pickle(registry: Any, name: str, module: torch.nn.Module, folder: Path) -> str:
+    """Register ``module`` as anyone can with plain MLflow: ``torch.save`` under a run's ``model/``
+    artifact, a version of it with the usual metadata tags. Nothing here unpickles it.
+    """
+    folder.mkdir(parents=True)
+    torch.save(module, folder / "model.pt")
+    client = registry.client
+    run = client.create_run("0", run_name=f"hostile/{name}")
+    client.log_artifacts(run.info.run_id, str(folder), "model")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
+                                     tags={**META_TAGS, "mdgate.status": "Pending"})
+    return str(mv.version)
+
+
+def _gate_locally(env: dict[str, str], name: str, version: str, force: bool = False) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "mdgate"), "gate", name, version, "--local"] + (["--force"] if force else [])
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_hostile_pickle_cannot_touch_the_registry_or_the_verdict(worker: Worker, rel_registry: Any,
+                                                                   untrained_model_path: Path, tally: Tally,
+                                                                   tmp_path: Path) -> None:
+    """An untrained PaiNN wrapped in a pickle whose loading (a) writes Approved and the alias on
+    its own version, (b) replaces the verdict function, (c) reads the tracking URI and credentials,
+    (d) writes outside its folder (``tests/reliability/hostile.py``).
+
+    In the engine's own process the attack works (shown first, on a model of its own). Gated:
+    with pickles not allowed, Error and nothing loaded; allowed, the model runs in the sandboxed
+    model process, none of (a)-(d) gets anywhere, and the version is Rejected.
+    """
+    from tests.reliability.hostile import Hostile
+
+    untrained = torch.load(untrained_model_path, weights_only=False)
+    # The attack is real: loaded in a process that holds the tracking URI, it wins.
+    control = f"hostile-control-{uuid.uuid4().hex[:6]}"
+    control_marker = tmp_path / "control-marker.json"
+    _log_pickle(rel_registry, control, Hostile(untrained, control, "1", str(control_marker)), tmp_path / "control")
+    load = subprocess.run([sys.executable, "-c", "import sys; from mdgate.potentials import load; load(sys.argv[1], 'cpu')",
+                           str(tmp_path / "control" / "model.pt")], env=worker.env(), capture_output=True, text=True,
+                          timeout=300, cwd=REPO_ROOT)
+    assert load.returncode == 0, load.stderr[-2000:]
+    found = json.loads(control_marker.read_text())
+    assert found["registry"] == "written" and found["patched"] and found["tracking_uri"], found
+    assert rel_registry.get_version(control, "1").status.value == "Approved"
+    assert rel_registry.client.get_model_version_by_alias(control, "approved").version == "1"
+
+    name = f"hostile-{uuid.uuid4().hex[:6]}"  # outside the worker's rel-*: gated only when asked
+    marker = tmp_path / "gate-marker.json"
+    version = _log_pickle(rel_registry, name, Hostile(untrained, name, "1", str(marker)), tmp_path / "gated")
+    assert version == "1"
+    tally.expect(name, version, "Rejected")
+
+    # Pickles not allowed (the default): Error, saying how to store it; nothing was loaded.
+    refused = _gate_locally(worker.env(MDGATE_ALLOW_PICKLES=""), name, version)
+    info = rel_registry.get_version(name, version)
+    assert info.status.value == "Error", (info.reason, refused.stdout[-1000:], refused.stderr[-2000:])
+    assert "pickle" in info.reason and "mdgate convert" in info.reason, info.reason
+    assert not marker.exists()
+
+    # Allowed: loaded and evaluated in the model process; the verdict is the engine's.
+    gated = _gate_locally(worker.env(MDGATE_ALLOW_PICKLES="hostile-*"), name, version, force=True)
+    time.sleep(3.0)  # the attack's thread would have written Approved again by now, had it reached the server
+    info = rel_registry.get_version(name, version)
+    assert info.status.value == "Rejected", (info.reason, gated.stdout[-1000:], gated.stderr[-3000:])
+    assert gated.returncode == 1, gated.stdout[-1000:]
+    assert not marker.exists(), marker.read_text()
+    with pytest.raises(Exception, match="approved"):
+        rel_registry.client.get_model_version_by_alias(name, "approved")
+    events = rel_registry.history(name, version)
+    assert [e.status for e in events if e.status] == ["Error", "Rejected"], events
+    assert all(e.decided_by == "mdgate" for e in events), events
+    result = json.loads((Path(rel_registry.client.download_artifacts(info.validation_run, "results.json",
+                                                                       str(tmp_path))).read_text()))
+    assert result["model"]["runs_in"].startswith("model process in its own namespaces"), result["model"]
+    assert result["verdict"] == "Rejected"
+    tally.bad_inputs["hostile pickle: refused, then sandboxed and rejected"] = True
