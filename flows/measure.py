@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_logger
@@ -23,7 +23,11 @@ from flows.tasks import ENGINE_TASK, call_with_deadline, fetch_candidate, regist
 from mdgate.config import GateConfig, OracleKind
 from mdgate.errors import MetadataError
 from mdgate.potentials import ModelMeta, load
+from mdgate.potentials.describe import resolve
+from mdgate.potentials.descriptor import Descriptor
+from mdgate.potentials.environments import unmet
 from mdgate.potentials.isolation import Isolation
+from mdgate.potentials.loading import with_environment
 from mdgate.results import ValidationResult
 from mdgate.runner import Inputs, close, configure_threads, load_inputs, run_pipeline
 from mdgate.stages.md import MoleculeRun
@@ -41,6 +45,26 @@ def load_candidate(model_path: Path, config: GateConfig, meta: ModelMeta, timeou
     """
     return call_with_deadline(lambda: load_inputs(model_path, config, meta, isolation=isolation, probes=probes),
                               timeout_s, "loading the model")
+
+
+@task(name="environment", **ENGINE_TASK)
+def build_environment(descriptor: Descriptor, isolation: Isolation) -> Isolation:
+    """The model's own environment, built from its requirements (pip's output in this task's
+    log) or found built; the policy with its interpreter.
+    """
+    logger = get_run_logger()
+    return with_environment(descriptor, isolation, logger.info)
+
+
+def model_isolation(settings: Settings, model: Candidate) -> Isolation:
+    """The trust policy for ``model``, with its own environment (a task of the gate, shown only
+    when the model's requirements do not fit the gate's environment).
+    """
+    isolation = settings.isolation(model.name)
+    descriptor = resolve(model.model_path, model.meta)
+    if unmet(descriptor.requirements):
+        isolation = build_environment(descriptor, isolation)
+    return isolation
 
 
 def probes(settings: Settings, work: Path) -> list[str]:
@@ -76,7 +100,7 @@ def run_measurement(settings: Settings, claim: Claim, model: Candidate, config: 
     """
     t0 = time.perf_counter()
     inputs = load_candidate(model.model_path, config, model.meta, settings.md_timeout_s,
-                            settings.isolation(model.name), probes(settings, work))
+                            model_isolation(settings, model), probes(settings, work))
     parent = parent_level = None
     try:
         if config.oracle.enabled and config.oracle.kind == OracleKind.PARENT:
@@ -104,7 +128,7 @@ def load_parent(settings: Settings, meta: ModelMeta, config: GateConfig, work: P
     if not name or not version:
         raise MetadataError(f"oracle 'parent' needs mdgate.parent = 'name/version' (got {meta.parent!r})")
     parent = fetch_candidate(settings, name, version, work / "parent")
-    return (load(parent.model_path, config.md.device.value, parent.meta, settings.isolation(name),
+    return (load(parent.model_path, config.md.device.value, parent.meta, model_isolation(settings, parent),
                  probes(settings, work)),
             parent.meta.level_of_theory)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from mdgate.potentials import LoadedPotential, ModelMeta, Potential
 from mdgate.potentials.adapters import AsePotential, TorchaniPotential
 from mdgate.potentials.describe import resolve
 from mdgate.potentials.descriptor import Descriptor, Framework, symbol
+from mdgate.potentials.environments import environment, unmet
 from mdgate.potentials.isolation import Isolation, in_model_process
 from mdgate.potentials.remote import RemotePotential
 from mdgate.potentials.schnetpack import SchnetpackPotential, find_cutoff_A, load_potential, resolve_device
@@ -58,9 +60,28 @@ def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta 
     """
     descriptor = resolve(source, meta)
     model_meta = descriptor.model_meta(meta)
-    if isolation is not None and in_model_process(descriptor, isolation):
-        return RemotePotential(descriptor, model_meta, resolve_device(device), isolation, probes)
+    if isolation is not None:
+        if isolation.python is None and unmet(descriptor.requirements):
+            isolation = with_environment(descriptor, isolation)
+        if isolation.python is not None or in_model_process(descriptor, isolation):
+            in_model_process(descriptor, isolation)  # the pickle permission holds in any environment
+            return RemotePotential(descriptor, model_meta, resolve_device(device), isolation, probes)
     return ADAPTERS[descriptor.framework](descriptor, model_meta, resolve_device(device))
+
+
+def with_environment(descriptor: Descriptor, isolation: Isolation,
+                     log: Callable[[str], None] | None = None) -> Isolation:
+    """``isolation`` with the interpreter of the model's own environment when the descriptor's
+    requirements do not fit the engine's (built once, :mod:`mdgate.potentials.environments`).
+
+    Raises:
+        ModelLoadError: the environment could not be built (naming the package).
+    """
+    missing = unmet(descriptor.requirements)
+    if not missing:
+        return isolation
+    python, _ = environment(descriptor.requirements, log or (lambda line: print(line, file=sys.stderr)))
+    return isolation.model_copy(update={"python": str(python)})
 
 
 def _schnetpack(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:

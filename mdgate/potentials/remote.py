@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import shutil
+import site
 import socket
 import struct
 import subprocess
@@ -193,10 +194,15 @@ class ModelProcess:
             cmd = [shutil.which("unshare") or "unshare", *_UNSHARE_ARGS, "--", "/bin/sh", "-c", _SANDBOX_SH, "sh",
                    str(self.folder), *cmd]
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-        # The engine's import path (the model's own classes may live beside the engine); the
-        # process's folder is its working directory, so nothing there shadows a module.
+        # The engine's import path beyond its site-packages (the model's own classes may live
+        # beside the engine; a model environment has the engine's site-packages after its own, and
+        # PYTHONPATH would put them first). Its folder is its working directory: nothing there
+        # shadows a module.
+        installed = {str(Path(p).resolve()) for p in site.getsitepackages()}
+        path = [p for p in sys.path if p and Path(p).is_dir() and str(Path(p).resolve()) not in installed
+                and not str(Path(p).resolve()).startswith(str(Path(sys.base_prefix).resolve()))]
         env.update(HOME=str(self.folder), TMPDIR=str(self.folder), PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p and Path(p).exists()))
+                   PYTHONPATH=os.pathsep.join(path))
         with open(self._stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                          cwd=self.folder, env=env, close_fds=True)
