@@ -35,11 +35,11 @@ from flows.demo_table import WIDTH, Row, study_table
 from flows.servers import is_up
 from flows.settings import Settings
 from mdgate.config import load_config
-from registry import Registry, VersionInfo
-from registry import types as T
 from mdgate.errors import ModelLoadError
 from mdgate.potentials.schnetpack import load_module
 from mdgate.potentials.spec import is_state_dict_model, save_state_dict_model
+from registry import Registry, VersionInfo
+from registry import types as T
 from registry.artifacts import download
 from registry.register import model_sha256, register_potential
 

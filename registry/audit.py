@@ -21,7 +21,7 @@ from registry.types import AuditEvent, EventKind, parse_time
 AUDIT_EXPERIMENT = "mdgate-audit"
 #: The event's fields stored as params (all of them; strings).
 FIELDS = ("model", "version", "kind", "status", "decided_by", "reason", "criteria_sha256", "flow_run",
-          "validation_run", "alias_from", "alias_to")
+          "validation_run", "alias_from", "alias_to", "model_ran")
 #: The time of an event that has none (written before events had one).
 EPOCH = datetime.fromtimestamp(0, UTC)
 

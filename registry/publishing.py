@@ -65,7 +65,8 @@ def publish(conn: Connection, claim: Claim, result: ValidationResult, report_dir
     set_tags(conn, claim.name, claim.version, tags)
     alias = _settle(conn, claim, AuditEvent(
         model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value, reason=reason,
-        criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "", validation_run=run_id))
+        criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "", validation_run=run_id,
+        model_ran=result.model.runs_in or ""))
     return Publication(run_id=run_id, run_url=run_url, report_uri=report_uri, status=status,
                        alias_version=alias)
 
@@ -92,7 +93,8 @@ def publish_error(conn: Connection, claim: Claim, result: ValidationResult, crit
     })
     alias = _settle(conn, claim, AuditEvent(
         model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value,
-        reason=one_line(result.reason), criteria_sha256=criteria_sha256, flow_run=claim.flow_run or ""))
+        reason=one_line(result.reason), criteria_sha256=criteria_sha256, flow_run=claim.flow_run or "",
+        model_ran=result.model.runs_in or ""))
     return Publication(run_id="", run_url="", report_uri="", status=status, alias_version=alias)
 
 

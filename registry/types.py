@@ -224,6 +224,9 @@ class AuditEvent(BaseModel):
     validation_run: str = ""
     alias_from: str = ""
     alias_to: str = ""
+    model_ran: str = ""
+    """Where the candidate's code ran for a verdict (the engine's process, or the model process
+    and its confinement; ``results.json``'s ``model.runs_in``)."""
     at: datetime = Field(default_factory=utcnow)
     run_id: str = ""
     """The audit run (set when read back)."""

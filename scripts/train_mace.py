@@ -76,6 +76,7 @@ def subset(frames: int, dst: Path) -> int:
 
 
 def main() -> None:
+    """Train and write the model and its descriptor."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=40)

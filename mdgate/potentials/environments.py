@@ -77,7 +77,8 @@ def python_of(folder: Path) -> Path:
     return folder / "bin" / "python"
 
 
-def environment(requirements: list[str], log: Callable[[str], None] = print, root: Path | None = None) -> tuple[Path, bool]:
+def environment(requirements: list[str], log: Callable[[str], None] = print,
+                root: Path | None = None) -> tuple[Path, bool]:
     """The interpreter of an environment with ``requirements``, built if it is not there yet.
 
     Returns:

@@ -47,7 +47,8 @@ def sandbox_report(probes: list[str]) -> dict[str, Any]:
 
 def _in_new_namespaces() -> bool:
     """PID 1 of its own PID namespace (the sandbox's ``unshare --pid --fork``: this process is the
-    child of PID 1 or PID 1 itself) and a network namespace with loopback only."""
+    child of PID 1 or PID 1 itself) and a network namespace with loopback only.
+    """
     return os.getppid() in (0, 1) or os.getpid() == 1
 
 

@@ -35,8 +35,8 @@ import tempfile
 import threading
 import time
 import weakref
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,6 +316,7 @@ class Connection:
         return payload
 
     def close(self) -> None:
+        """Close the socket."""
         self.sock.close()
 
 
@@ -361,7 +362,8 @@ class RemotePotential:
     def sandbox(self) -> str:
         """How the model process is confined, in words (for the report and the audit trail)."""
         if self.sandbox_report.namespaces:
-            return "model process in its own namespaces (no network, read-only files but its own folder, no credentials)"
+            return ("model process in its own namespaces (no network, read-only files but its own folder, "
+                    "no credentials)")
         return "model process with a clean environment and its own folder (no namespaces on this machine)"
 
     def _connection(self) -> Connection:

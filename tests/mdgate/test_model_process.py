@@ -87,13 +87,13 @@ def test_threads_and_pickled_copies_share_one_model_process(remote: RemotePotent
 
 def test_elements_are_checked_on_the_far_side(remote: RemotePotential) -> None:
     remote.check_elements({1, 6, 8})
-    with pytest.raises(Exception, match="Z=.*92|U"):
+    with pytest.raises(Exception, match=r"Z=.*92|U"):
         remote.check_elements({1, 92})
 
 
 def test_pickles_need_permission_and_weights_load_in_process(tmp_path: Path) -> None:
     assert model_kind(resolve(GOOD_MODEL)) is ModelKind.PICKLE
-    with pytest.raises(ModelLoadError, match="pickle.*mdgate convert.*MDGATE_ALLOW_PICKLES"):
+    with pytest.raises(ModelLoadError, match=r"pickle.*mdgate convert.*MDGATE_ALLOW_PICKLES"):
         load(GOOD_MODEL, "cpu", isolation=Isolation())
     folder = save_state_dict_model(torch.load(GOOD_MODEL, weights_only=False), tmp_path / "w")
     descriptor = resolve(folder)

@@ -41,6 +41,7 @@ class Hostile(nn.Module):
         self.marker = marker
 
     def forward(self, inputs: dict) -> dict:
+        """The wrapped model's outputs."""
         return self.model(inputs)
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -114,8 +114,8 @@ class NoCutoffModel(nn.Module):
 class Canary:
     """Not a model: unpickling it appends the unpickling process's id to ``path``.
 
-    It shows which process loads a registered artifact: the gate's flow-run process may, the
-    webhook receiver never does.
+    It shows which process loads a registered artifact: the gate's model process (whose sandbox
+    keeps it from writing the file), never the webhook receiver or the gate's flow-run process.
     """
 
     def __init__(self, path: str):
@@ -126,8 +126,11 @@ class Canary:
 
 
 def _record_loader(path: str) -> list[int]:
-    with Path(path).open("a") as f:
-        f.write(f"{os.getpid()}\n")
+    try:
+        with Path(path).open("a") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError:  # a sandboxed model process: everything read-only but its own folder
+        pass
     return [os.getpid()]
 
 

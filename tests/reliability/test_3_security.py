@@ -176,8 +176,10 @@ def _log_pickle(registry: Any, name: str, module: torch.nn.Module, folder: Path)
     return str(mv.version)
 
 
-def _gate_locally(env: dict[str, str], name: str, version: str, force: bool = False) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "mdgate"), "gate", name, version, "--local"] + (["--force"] if force else [])
+def _gate_locally(env: dict[str, str], name: str, version: str,
+                  force: bool = False) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "mdgate"), "gate", name, version, "--local"]
+    cmd += ["--force"] if force else []
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
 
 
@@ -201,9 +203,9 @@ def test_a_hostile_pickle_cannot_touch_the_registry_or_the_verdict(worker: Worke
     control = f"hostile-control-{uuid.uuid4().hex[:6]}"
     control_marker = tmp_path / "control-marker.json"
     _log_pickle(rel_registry, control, Hostile(untrained, control, "1", str(control_marker)), tmp_path / "control")
-    load = subprocess.run([sys.executable, "-c", "import sys; from mdgate.potentials import load; load(sys.argv[1], 'cpu')",
-                           str(tmp_path / "control" / "model.pt")], env=worker.env(), capture_output=True, text=True,
-                          timeout=300, cwd=REPO_ROOT)
+    code = "import sys; from mdgate.potentials import load; load(sys.argv[1], 'cpu')"
+    load = subprocess.run([sys.executable, "-c", code, str(tmp_path / "control" / "model.pt")], env=worker.env(),
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert load.returncode == 0, load.stderr[-2000:]
     found = json.loads(control_marker.read_text())
     assert found["registry"] == "written" and found["patched"] and found["tracking_uri"], found
@@ -236,8 +238,10 @@ def test_a_hostile_pickle_cannot_touch_the_registry_or_the_verdict(worker: Worke
     statuses = [e.status for e in events if e.status]
     assert statuses[0] == "Error" and statuses[-1] == "Rejected" and "Approved" not in statuses, events
     assert all(e.decided_by == "mdgate" for e in events), events
-    result = json.loads((Path(rel_registry.client.download_artifacts(info.validation_run, "results.json",
-                                                                       str(tmp_path))).read_text()))
+    # the audit trail says where the candidate's code ran for its verdict
+    assert events[-1].model_ran.startswith("model process in its own namespaces"), events[-1]
+    result = json.loads(Path(rel_registry.client.download_artifacts(info.validation_run, "results.json",
+                                                                       str(tmp_path))).read_text())
     assert result["model"]["runs_in"].startswith("model process in its own namespaces"), result["model"]
     assert result["verdict"] == "Rejected"
     tally.bad_inputs["hostile pickle: refused, then sandboxed and rejected"] = True

@@ -104,7 +104,8 @@ def pg_stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory, gate_
             "MLFLOW_TRACKING_URI": mlflow.url, "PREFECT_API_URL": prefect.url,
             "MDGATE_CONFIG": str(gate_config), "MDGATE_HOME": str(home / "mdgate"),
             "MDGATE_LEASE_S": "600", "MDGATE_CORES": "1", "MDGATE_MD_PARALLEL": "1",
-            "MDGATE_GPU_TAG": "mdgate-gpu", "MDGATE_MODELS": "pg-*", "MDGATE_ALLOW_PICKLES": "pg-*", "MDGATE_SWEEP_INTERVAL_S": "86400",
+            "MDGATE_GPU_TAG": "mdgate-gpu", "MDGATE_MODELS": "pg-*",
+            "MDGATE_ALLOW_PICKLES": "pg-*", "MDGATE_SWEEP_INTERVAL_S": "86400",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONPATH": str(REPO_ROOT),
             "PREFECT_HOME": str(home / "prefect-home"), "CUDA_VISIBLE_DEVICES": "",
         }
