@@ -76,13 +76,20 @@ def _reply(out: BinaryIO, status: int, payload: bytes) -> None:
     out.flush()
 
 
-def _error(out: BinaryIO, e: BaseException) -> None:
+def _error(out: BinaryIO, e: BaseException, raised_by_model: bool = False) -> None:
+    """Send an error: mdgate's own with its text; an exception the model raised while evaluating
+    as its type and first line (the engine raises the same built-in type).
+    """
     from mdgate.errors import MdgateError, ModelInterfaceError
-    from mdgate.potentials.remote import FAILED, INTERFACE
+    from mdgate.potentials.remote import FAILED, INTERFACE, RAISED
 
-    status = INTERFACE if isinstance(e, ModelInterfaceError) else FAILED
-    text = str(e) if isinstance(e, MdgateError) else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-    _reply(out, status, text[:4000].encode())
+    first = (str(e).splitlines() or [""])[0]
+    if isinstance(e, MdgateError):
+        _reply(out, INTERFACE if isinstance(e, ModelInterfaceError) else FAILED, str(e)[:4000].encode())
+    elif raised_by_model:
+        _reply(out, RAISED, json.dumps({"type": type(e).__name__, "message": first[:1000]}).encode())
+    else:
+        _reply(out, FAILED, f"{type(e).__name__}: {first}"[:4000].encode())
 
 
 def _read(inp: BinaryIO, n: int) -> bytes:
@@ -185,7 +192,7 @@ def _answer(conn: socket.socket, potential: Any, device: Any) -> None:
             except (EOFError, BrokenPipeError, ConnectionResetError):
                 return
             except Exception as e:
-                _error(out, e)
+                _error(out, e, raised_by_model=True)
 
 
 def main() -> None:

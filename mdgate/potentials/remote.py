@@ -22,6 +22,7 @@ The sandbox is checked from inside before the model is loaded, and reported by
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import os
@@ -54,7 +55,9 @@ REQUEST = struct.Struct("<IIIII")
 #: Reply header: status, payload bytes.
 REPLY = struct.Struct("<IQ")
 OP_EVAL, OP_CHECK = 1, 2
-OK, FAILED, INTERFACE = 0, 1, 2
+OK, FAILED, INTERFACE, RAISED = 0, 1, 2, 3
+"""Reply statuses: done; an mdgate error (its text); an interface error (its text); the model
+itself raised (``{"type", "message"}``: raised here as the same built-in exception type)."""
 #: Largest JSON message (sandbox report, model facts, error text) the engine reads.
 MAX_TEXT = 65536
 
@@ -164,8 +167,18 @@ def _reply(read: Callable[[int], bytes], what: str, expected: int | None = None)
 
 
 def _raise(status: int, payload: bytes) -> None:
-    text = payload.decode(errors="replace")[:500]
-    raise (ModelInterfaceError if status == INTERFACE else ModelLoadError)(text)
+    text = payload.decode(errors="replace")[:2000]
+    if status == RAISED:  # the model's own exception, as the engine would have seen it in-process
+        try:
+            data = json.loads(text)
+            kind, message = str(data["type"]), str(data["message"])[:500]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            kind, message = "RuntimeError", text[:500]
+        exc = getattr(builtins, kind, None)
+        if not (isinstance(exc, type) and issubclass(exc, Exception)):
+            exc, message = RuntimeError, f"{kind}: {message}"
+        raise exc(message)
+    raise (ModelInterfaceError if status == INTERFACE else ModelLoadError)(text[:500])
 
 
 def _validated[M: BaseModel](model: type[M], data: Any, what: str) -> M:

@@ -115,3 +115,19 @@ def test_a_model_that_fails_to_load_is_an_error_with_its_reason(tmp_path: Path) 
     bad.write_bytes(b"not a torch file")
     with pytest.raises(ModelLoadError, match="not a loadable torch model"):
         load(bad, "cpu", isolation=ALLOW)
+
+
+def test_an_exception_of_the_model_reaches_the_engine_as_its_own_type(tmp_path: Path) -> None:
+    from mdgate.runner import check_potential
+    from tests.models import save_model
+    from tests.reliability.rel_models import RaisingModel
+
+    path = save_model(RaisingModel(torch.load(GOOD_MODEL, weights_only=False)), tmp_path / "raising.pt")
+    potential = load(path, "cpu", isolation=ALLOW)
+    try:
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            potential(*batch())
+        with pytest.raises(Exception, match=r"model failed on \w+ \(RuntimeError: shape mismatch"):
+            check_potential(potential, read_molecules())
+    finally:
+        potential.close()  # type: ignore[attr-defined]
