@@ -417,7 +417,7 @@ def environment_task_s(name: str, version: str) -> tuple[float, list[str]]:
     runs = flow_runs_named(f"gate/{name}/v{version}")
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
-                                      task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["environment"])))
+                                      task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="environment-")))
     assert tasks, f"no environment task in the gate of {name} v{version}"
     return sum(t.total_run_time.total_seconds() for t in tasks), [t.state_name for t in tasks]
 
