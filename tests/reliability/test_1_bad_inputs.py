@@ -17,6 +17,7 @@ import httpx
 import pytest
 import torch
 import yaml
+from ase.build import molecule as ase_molecule
 from ase.io import read, write
 
 from flows.webhook import sign
@@ -128,7 +129,13 @@ def test_bad_versions_end_error_or_rejected_and_leave_others(
         f.info["name"] = "ethanol"
     mismatched = tmp_path / "mismatched_reference.extxyz"
     write(mismatched, swapped + [f for f in frames if f.info.get("name") == "malonaldehyde"])
+    sulfur = tmp_path / "sulfur.extxyz"  # an element the suite's models were never trained on
+    h2s = ase_molecule("SH2")
+    h2s.info["name"] = "h2s"
+    write(sulfur, [h2s], format="extxyz")
     set_cases = {
+        "element the model never saw": ({"mdgate.molecules": str(sulfur)},
+                                        r"elements outside the model's coverage: molecule h2s \(H2S\) has S"),
         "molecules file unreadable": ({"mdgate.molecules": str(garbage)}, r"molecules file"),
         "molecules file empty": ({"mdgate.molecules": str(empty)}, r"molecules file"),
         "reference set with mismatched atoms": ({"mdgate.molecules": str(small_set.molecules),
