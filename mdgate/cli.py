@@ -78,7 +78,6 @@ def validate(
     are a known unit ratio off (e.g. 23.06x: kcal/mol declared as eV) is an error naming the unit.
     """
     # The engine (torch, schnetpack) is imported when the command runs: `mdgate --help` stays fast.
-    from mdgate.potentials.isolation import Isolation
     from mdgate.report.markdown import write_report
     from mdgate.results import Verdict
     from mdgate.runner import error_result
@@ -87,9 +86,7 @@ def validate(
     overrides = {"energy_unit": energy_unit, "position_unit": position_unit, "energy_key": energy_key,
                  "forces_key": forces_key, "cutoff_A": cutoff_a, "level_of_theory": level_of_theory,
                  "parent_n_parameters": parent_params}
-    if model_process not in ("auto", "always", "never"):
-        raise fail(f"--model-process must be auto, always or never (got {model_process!r})")
-    isolation = Isolation(allow_pickles=allow_pickle, model_process=model_process)  # type: ignore[arg-type]
+    isolation = _isolation(allow_pickle, model_process)
     try:
         cfg = _gate_config(config, molecules, reference, n_steps)
         model, meta = _model_meta(model, meta_file, overrides)
@@ -110,12 +107,25 @@ def validate(
             raise
         write_report(error_result(str(e), str(model), cfg, meta), out)
         raise fail(f"{e} (nothing validated; report in {out}/)") from None
-    verdict = result.verdict
-    typer.echo(f"{verdict.value}: {result.reason}")
+    raise typer.Exit(_print_verdict(result, out, Verdict.APPROVED))
+
+
+def _print_verdict(result: Any, out: Path, approved: Any) -> int:
+    """Print the verdict and where its report is; return the exit code."""
+    typer.echo(f"{result.verdict.value}: {result.reason}")
     typer.echo(f"report: {out / 'report.md'}  ({result.timing.total_s:.1f} s, "
                f"{result.timing.ms_per_step or 0:.2f} ms/step on {result.timing.device}, "
-               f"{result.timing.model_call} model)")
-    raise typer.Exit(EXIT_APPROVED if verdict == Verdict.APPROVED else EXIT_REJECTED)
+               f"{result.timing.model_call} model; model ran {result.model.runs_in or 'n/a'})")
+    return EXIT_APPROVED if result.verdict == approved else EXIT_REJECTED
+
+
+def _isolation(allow_pickle: bool, model_process: str) -> Any:
+    """The trust policy the options ask for (``--model-process`` checked)."""
+    from mdgate.potentials.isolation import Isolation
+
+    if model_process not in ("auto", "always", "never"):
+        raise fail(f"--model-process must be auto, always or never (got {model_process!r})")
+    return Isolation(allow_pickles=allow_pickle, model_process=model_process)  # type: ignore[arg-type]
 
 
 def _gate_config(config: Path | None, molecules: Path | None, reference: Path | None, n_steps: int | None) -> Any:

@@ -20,56 +20,13 @@ import struct
 import sys
 import threading
 import traceback
-from pathlib import Path
 from typing import Any, BinaryIO
 
-#: Variable names (prefixes) that point at servers or hold credentials: a model process holds none.
-SECRET_PREFIXES = ("MLFLOW_", "MDGATE_", "PREFECT_", "AWS_", "AZURE_", "GOOGLE_", "DATABRICKS_", "HF_TOKEN",
-                   "GITHUB_TOKEN", "DASK_")
-
-
-def sandbox_report(probes: list[str]) -> dict[str, Any]:
-    """Probe this process's confinement (run before any model code)."""
-    read_only, writable = [], []
-    for probe in probes:
-        path = Path(probe)
-        target = path / f".mdgate-probe-{os.getpid()}"
-        try:
-            target.write_bytes(b"")
-        except OSError:
-            read_only.append(probe)
-        else:
-            target.unlink(missing_ok=True)
-            writable.append(probe)
-    return {"namespaces": _in_new_namespaces(), "read_only": read_only, "writable": writable,
-            "network": _has_network(), "secrets": sorted(k for k in os.environ if k.startswith(SECRET_PREFIXES))}
-
-
-def _in_new_namespaces() -> bool:
-    """PID 1 of its own PID namespace (the sandbox's ``unshare --pid --fork``: this process is the
-    child of PID 1 or PID 1 itself) and a network namespace with loopback only.
-    """
-    return os.getppid() in (0, 1) or os.getpid() == 1
-
-
-def _has_network() -> bool:
-    """Whether any interface besides loopback is up, or loopback answers."""
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except OSError:
-        names = []
-    if any(n != "lo" for n in names):
-        return True
-    s = socket.socket()
-    s.settimeout(0.5)
-    try:
-        return s.connect_ex(("127.0.0.1", 9)) != 101  # ENETUNREACH: loopback is down
-    finally:
-        s.close()
+from mdgate.potentials import sandbox
 
 
 def _reply(out: BinaryIO, status: int, payload: bytes) -> None:
-    from mdgate.potentials.remote import REPLY
+    from mdgate.potentials.wire import REPLY
 
     out.write(REPLY.pack(status, len(payload)))
     out.write(payload)
@@ -81,7 +38,7 @@ def _error(out: BinaryIO, e: BaseException, raised_by_model: bool = False) -> No
     as its type and first line (the engine raises the same built-in type).
     """
     from mdgate.errors import MdgateError, ModelInterfaceError
-    from mdgate.potentials.remote import FAILED, INTERFACE, RAISED
+    from mdgate.potentials.wire import FAILED, INTERFACE, RAISED
 
     first = (str(e).splitlines() or [""])[0]
     if isinstance(e, MdgateError):
@@ -105,7 +62,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     """
     (size,) = struct.unpack("<Q", _read(inp, 8))
     order = json.loads(_read(inp, size))
-    _reply(out, 0, json.dumps(sandbox_report(order["probes"])).encode())
+    _reply(out, 0, json.dumps(sandbox.report(order["probes"])).encode())
 
     import torch
 
@@ -160,7 +117,7 @@ def _answer(conn: socket.socket, potential: Any, device: Any) -> None:
     import numpy as np
     import torch
 
-    from mdgate.potentials.remote import OP_CHECK, OP_EVAL, REQUEST
+    from mdgate.potentials.wire import OP_CHECK, OP_EVAL, REQUEST
 
     out = conn.makefile("wb")
     with conn, out:

@@ -22,8 +22,6 @@ The sandbox is checked from inside before the model is loaded, and reported by
 
 from __future__ import annotations
 
-import builtins
-import functools
 import json
 import os
 import shutil
@@ -36,157 +34,33 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mdgate.errors import ModelInterfaceError, ModelLoadError
-from mdgate.potentials import ModelMeta
+from mdgate.potentials import ModelMeta, sandbox
 from mdgate.potentials.descriptor import Descriptor, symbol
 from mdgate.potentials.isolation import Isolation
+from mdgate.potentials.sandbox import namespaces_available
+from mdgate.potentials.wire import (
+    OK,
+    OP_CHECK,
+    OP_EVAL,
+    REQUEST,
+    ModelFacts,
+    SandboxReport,
+    raise_for,
+    read_exact,
+    read_reply,
+    recv_exact,
+    validated,
+    write_all,
+)
 
-# Wire format: every message is a header then payload, little-endian.
-#: Request header: op, n_atoms, n_pairs, n_systems, torch threads.
-REQUEST = struct.Struct("<IIIII")
-#: Reply header: status, payload bytes.
-REPLY = struct.Struct("<IQ")
-OP_EVAL, OP_CHECK = 1, 2
-OK, FAILED, INTERFACE, RAISED = 0, 1, 2, 3
-"""Reply statuses: done; an mdgate error (its text); an interface error (its text); the model
-itself raised (``{"type", "message"}``: raised here as the same built-in exception type)."""
-#: Largest JSON message (sandbox report, model facts, error text) the engine reads.
-MAX_TEXT = 65536
-
-#: Variables the model process keeps from the engine's environment (nothing that names a server
-#: or holds a secret).
-KEEP_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
-            "PYTHONHASHSEED")
-
-#: Run inside the new namespaces: the model's folder stays writable, every other mount is
-#: remounted read-only, then the model process starts.
-_SANDBOX_SH = r"""
-t="$1"; shift
-mount --bind "$t" "$t" || exit 97
-awk '{print $5}' /proc/self/mountinfo | while read -r m; do
-  [ "$m" = "$t" ] || mount -o remount,bind,ro "$m" 2>/dev/null
-done
-exec "$@"
-"""
-
-
-class ModelFacts(BaseModel):
-    """What the model process says about the loaded model (validated, never trusted further)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    cutoff_A: float | None = None
-    own_cutoff_A: float | None = None
-    n_parameters: int = 0
-    elements: list[int] | None = None
-    uses_pairs: bool = True
-    model_call: str = "eager"
-
-
-class SandboxReport(BaseModel):
-    """What the model process found about its confinement before loading anything."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    namespaces: bool
-    read_only: list[str]
-    """Paths it could not write to (the probes)."""
-    writable: list[str]
-    """Probes it could write to (must be empty for a sandbox)."""
-    network: bool
-    """Whether it had any network interface up besides loopback, or could reach loopback."""
-    secrets: list[str]
-    """Names of variables it holds that look like credentials or servers (must be empty)."""
-
-
-@functools.cache
-def namespaces_available() -> str | None:
-    """``None`` when ``unshare`` can make the model process's namespaces here, else why not."""
-    exe = shutil.which("unshare")
-    if exe is None:
-        return "unshare is not installed"
-    try:
-        run = subprocess.run([exe, *_UNSHARE_ARGS, "--", "/bin/sh", "-c", "mount -o remount,bind,ro / && true"],
-                             capture_output=True, timeout=30, env={"PATH": os.environ.get("PATH", "")})
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"unshare failed ({e})"
-    if run.returncode != 0:
-        return f"unshare failed: {run.stderr.decode(errors='replace').strip()[:200]}"
-    return None
-
-
-_UNSHARE_ARGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--mount")
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while view:
-        got = sock.recv_into(view)
-        if not got:
-            raise EOFError
-        view = view[got:]
-    return bytes(buf)
-
-
-def _reply(read: Callable[[int], bytes], what: str, expected: int | None = None) -> tuple[int, bytes]:
-    """Read one reply: ``(status, payload)``; a payload of another size than ``expected`` (or an
-    error text over :data:`MAX_TEXT`) is refused before it is read.
-    """
-    status, size = REPLY.unpack(read(REPLY.size))
-    if status == OK and expected is not None and size != expected:
-        raise ModelInterfaceError(f"the model process sent {size} bytes for {what}, expected {expected}")
-    if (status != OK or expected is None) and size > MAX_TEXT:
-        raise ModelInterfaceError(f"the model process sent {size} bytes for {what} (at most {MAX_TEXT})")
-    return status, read(size)
-
-
-def _raise(status: int, payload: bytes) -> None:
-    text = payload.decode(errors="replace")[:2000]
-    if status == RAISED:  # the model's own exception, as the engine would have seen it in-process
-        try:
-            data = json.loads(text)
-            kind, message = str(data["type"]), str(data["message"])[:500]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            kind, message = "RuntimeError", text[:500]
-        exc = getattr(builtins, kind, None)
-        if not (isinstance(exc, type) and issubclass(exc, Exception)):
-            exc, message = RuntimeError, f"{kind}: {message}"
-        raise exc(message)
-    raise (ModelInterfaceError if status == INTERFACE else ModelLoadError)(text[:500])
-
-
-def _validated[M: BaseModel](model: type[M], data: Any, what: str) -> M:
-    """``data`` (sent by the model process) validated as ``model``, else a one-line error."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ModelInterfaceError(f"the model process sent an invalid {what}: {str(e).splitlines()[0]}") from e
+__all__ = ["ModelProcess", "RemotePotential", "namespaces_available"]
 
 
 class ModelProcess:
@@ -198,15 +72,14 @@ class ModelProcess:
         self.socket_path = str(self.folder / "model.sock")
         self._stderr_path = self.folder / "stderr.log"
         reason = None
-        sandboxed = isolation.sandbox != "off" and (reason := namespaces_available()) is None
+        sandboxed = isolation.sandbox != "off" and (reason := sandbox.namespaces_available()) is None
         if isolation.sandbox == "required" and not sandboxed:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise ModelLoadError(f"the model process must run sandboxed (sandbox: required) but cannot here: {reason}")
         cmd = [isolation.python or sys.executable, "-m", "mdgate.potentials.model_process"]
         if sandboxed:
-            cmd = [shutil.which("unshare") or "unshare", *_UNSHARE_ARGS, "--", "/bin/sh", "-c", _SANDBOX_SH, "sh",
-                   str(self.folder), *cmd]
-        env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+            cmd = sandbox.command(self.folder, cmd)
+        env = {k: os.environ[k] for k in sandbox.KEEP_ENV if k in os.environ}
         # The engine's import path beyond its site-packages (the model's own classes may live
         # beside the engine; a model environment has the engine's site-packages after its own, and
         # PYTHONPATH would put them first). Its folder is its working directory: nothing there
@@ -226,7 +99,7 @@ class ModelProcess:
         timer.start()
         try:
             self.sandbox = self._start(descriptor, meta, device, probes, sandboxed)
-            self.facts = _validated(ModelFacts, self._json("the model's facts"), "the model's facts")
+            self.facts = validated(ModelFacts, self._json("the model's facts"), "the model's facts")
         except BaseException:
             self.close()
             raise
@@ -242,8 +115,8 @@ class ModelProcess:
                  "threads": torch.get_num_threads(), "socket": self.socket_path}
         body = json.dumps(order).encode()
         assert self.proc.stdin is not None
-        _write_all(self.proc.stdin.fileno(), struct.pack("<Q", len(body)) + body)
-        report = _validated(SandboxReport, self._json("the sandbox report"), "the sandbox report")
+        write_all(self.proc.stdin.fileno(), struct.pack("<Q", len(body)) + body)
+        report = validated(SandboxReport, self._json("the sandbox report"), "the sandbox report")
         if sandboxed and (not report.namespaces or report.writable or report.network or report.secrets):
             raise ModelLoadError(f"the model process's sandbox leaks: {report.model_dump_json()}")
         if not sandboxed and report.secrets:
@@ -254,11 +127,11 @@ class ModelProcess:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         try:
-            status, payload = _reply(lambda n: _read_exact(fd, n), what)
+            status, payload = read_reply(lambda n: read_exact(fd, n), what)
         except (EOFError, OSError) as e:
             raise self.died(what) from e
         if status != OK:
-            _raise(status, payload)
+            raise_for(status, payload)
         try:
             return json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -323,9 +196,9 @@ class Connection:
         """One request and its reply's payload."""
         self.sock.sendall(REQUEST.pack(op, *header, torch.get_num_threads())
                           + b"".join(a.tobytes() for a in arrays))
-        status, payload = _reply(lambda n: _recv_exact(self.sock, n), what, expected)
+        status, payload = read_reply(lambda n: recv_exact(self.sock, n), what, expected)
         if status != OK:
-            _raise(status, payload)
+            raise_for(status, payload)
         return payload
 
     def close(self) -> None:
