@@ -123,16 +123,16 @@ def _run(cmd: list[str], folder: Path, log: Callable[[str], None], what: str) ->
     folder.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     with open(folder / "build.log", "a") as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PIP_REQUIRE_VIRTUALENV": "false"})
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            line = line.rstrip()
-            if line and not line.startswith("WARNING: Location"):
-                lines.append(line)
-                log(line)
-        code = proc.wait()
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PIP_REQUIRE_VIRTUALENV": "false"}) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                line = line.rstrip()
+                if line and not line.startswith("WARNING: Location"):
+                    lines.append(line)
+                    log(line)
+            code = proc.wait()
     if code != 0:
         errors = [ln for ln in lines if ln.startswith("ERROR:")]
         why = (errors or lines or [f"exit {code}"])[-1].removeprefix("ERROR: ")
