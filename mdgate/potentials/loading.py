@@ -61,10 +61,10 @@ def load(source: str | Path | Descriptor, device: str = "auto", meta: ModelMeta 
     descriptor = resolve(source, meta)
     model_meta = descriptor.model_meta(meta)
     if isolation is not None:
-        if isolation.python is None and unmet(descriptor.requirements):
+        if isolation.python is None:
             isolation = with_environment(descriptor, isolation)
-        if isolation.python is not None or in_model_process(descriptor, isolation):
-            in_model_process(descriptor, isolation)  # the pickle permission holds in any environment
+        # in_model_process raises for a pickle the policy refuses, in any environment
+        if in_model_process(descriptor, isolation) or isolation.python is not None:
             return RemotePotential(descriptor, model_meta, resolve_device(device), isolation, probes)
     return ADAPTERS[descriptor.framework](descriptor, model_meta, resolve_device(device))
 

@@ -101,41 +101,30 @@ def _accept(listener: socket.socket, potential: Any, device: Any) -> None:
         threading.Thread(target=_answer, args=(conn, potential, device), daemon=True).start()
 
 
-def _recv(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while view:
-        got = conn.recv_into(view)
-        if not got:
-            raise EOFError
-        view = view[got:]
-    return bytes(buf)
-
-
 def _answer(conn: socket.socket, potential: Any, device: Any) -> None:
     """Answer one connection's requests until it closes."""
     import numpy as np
     import torch
 
-    from mdgate.potentials.wire import OP_CHECK, OP_EVAL, REQUEST
+    from mdgate.potentials.wire import OP_CHECK, OP_EVAL, REQUEST, recv_exact
 
     out = conn.makefile("wb")
     with conn, out:
         while True:
             try:
-                op, n, p, n_systems, threads = REQUEST.unpack(_recv(conn, REQUEST.size))
+                op, n, p, n_systems, threads = REQUEST.unpack(recv_exact(conn, REQUEST.size))
             except (EOFError, OSError):
                 return
             if threads > 0 and threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
             try:
                 if op == OP_CHECK:
-                    potential.check_elements({int(z) for z in np.frombuffer(_recv(conn, 8 * n), dtype="<i8")})
+                    potential.check_elements({int(z) for z in np.frombuffer(recv_exact(conn, 8 * n), dtype="<i8")})
                     _reply(out, 0, b"")
                     continue
                 if op != OP_EVAL:
                     raise ValueError(f"unknown request {op}")
-                raw = np.frombuffer(_recv(conn, 8 * (5 * n + 2 * p)), dtype=np.uint8)
+                raw = np.frombuffer(recv_exact(conn, 8 * (5 * n + 2 * p)), dtype=np.uint8)
                 cut = np.cumsum([0, 8 * n, 24 * n, 8 * n, 8 * p, 8 * p])
                 numbers, positions, system_idx, idx_i, idx_j = (
                     torch.from_numpy(raw[a:b].view(t).copy()).to(device)

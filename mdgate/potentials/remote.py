@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -231,9 +230,7 @@ class RemotePotential:
         self._local = threading.local()
         self._connections: list[Connection] = []
         """Every thread's connection (closed with :meth:`close`)."""
-        t0 = time.perf_counter()
         self._process: ModelProcess | None = ModelProcess(descriptor, meta, device, isolation, self.probes)
-        self.startup_s = time.perf_counter() - t0
         self.socket_path = self._process.socket_path
         self.sandbox_report = self._process.sandbox
         facts = self._process.facts
