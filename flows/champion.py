@@ -25,7 +25,7 @@ from mdgate.config import GateConfig
 from mdgate.errors import MdgateError
 from mdgate.results import REMEASURED, STORED, BaselineComparison, ValidationResult, Verdict
 from registry import types as T
-from registry.artifacts import stored_result
+from registry.artifacts import registered_metadata, stored_result
 from registry.errors import LeaseLostError, TransientRegistryError
 from registry.types import Claim, VersionInfo
 
@@ -34,7 +34,7 @@ def find_baseline(settings: Settings, name: str, version: str) -> VersionInfo | 
     """The baseline version of a candidate (``settings.champion_baseline``), or ``None``."""
     registry = registry_for(settings)
     if settings.champion_baseline == "parent":
-        parent = registry.get_version(name, version).tags.get(T.PARENT, "")
+        parent = registered_metadata(registry, registry.get_version(name, version)).get(T.PARENT, "")
         pname, _, pversion = parent.rpartition("/")
         return registry.get_version(pname, pversion) if pname and pversion else None
     holder = registry.alias_version(name)

@@ -40,7 +40,7 @@ from mdgate.potentials.schnetpack import load_module
 from mdgate.potentials.spec import is_state_dict_model, save_state_dict_model
 from registry import Registry, VersionInfo
 from registry import types as T
-from registry.artifacts import download
+from registry.artifacts import download, registered_metadata
 from registry.register import model_sha256, register_potential
 
 MODEL_NAME = "painn-md17"
@@ -139,7 +139,7 @@ def register_study(registry: Registry, models_dir: Path, echo, store: Path) -> l
     existing: dict[str, VersionInfo] = {}
     with contextlib.suppress(Exception):
         for v in registry.list_versions(MODEL_NAME):
-            existing.setdefault(v.tags.get(T.MODEL_SHA256, ""), v)
+            existing.setdefault(registered_metadata(registry, v).get(T.MODEL_SHA256, ""), v)
     rows: list[Row] = []
     by_stem: dict[str, VersionInfo] = {}
     for stem, parent in STUDY:

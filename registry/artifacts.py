@@ -130,24 +130,36 @@ def find_model_file(path: Path, source: str) -> Path:
 REQUIRED_IF_PRESENT = (T.ENERGY_UNIT, T.POSITION_UNIT, T.ENERGY_KEY, T.FORCES_KEY, T.CUTOFF_A)
 
 
-def version_meta(registry: Registry, name: str, version: str, tags: dict[str, str],
-                 run_id: str | None) -> ModelMeta:
-    """Model metadata from the source run's ``mdgate.*`` params, overridden by version tags.
+def registered_metadata(registry: Registry, info: VersionInfo) -> dict[str, str]:
+    """The ``mdgate.*`` metadata of a version: its source run's params (``mdgate register`` logs
+    them there), overridden by version tags of the same name.
 
     Raises:
-        MetadataError: a value does not validate, or a unit, key or cutoff tag is empty (named
-            with the tag).
+        TransientRegistryError: the tracking server could not be reached.
     """
     values: dict[str, str] = {}
-    if run_id:
+    if info.run_id:
         try:
-            with translate_errors(f"reading run {run_id}"):
-                values.update(registry.client.get_run(run_id).data.params)
+            with translate_errors(f"reading run {info.run_id}"):
+                params = registry.client.get_run(info.run_id).data.params
+            values.update({k: v for k, v in params.items() if k.startswith("mdgate.")})
         except TransientRegistryError:
             raise
         except RegistryError:
             pass  # a deleted source run only loses the params it held
-    values.update(tags)
+    values.update({k: v for k, v in info.tags.items() if k in T.META_TAGS or k == T.N_PARAMETERS})
+    return values
+
+
+def version_meta(registry: Registry, info: VersionInfo) -> ModelMeta:
+    """Model metadata of a version (:func:`registered_metadata`).
+
+    Raises:
+        MetadataError: a value does not validate, or a unit, key or cutoff is empty (named
+            with the tag).
+    """
+    values = registered_metadata(registry, info)
+    name, version = info.name, info.version
     # An absent tag takes its documented default; a tag that is there but empty says nothing.
     empty = [tag for tag in REQUIRED_IF_PRESENT if tag in values and not str(values[tag]).strip()]
     if empty:
@@ -172,7 +184,7 @@ def parent_parameters(registry: Registry, parent: str) -> int | None:
     if not pname or not pversion.isdigit():
         return None
     try:
-        value = registry.get_version(pname, pversion).tags.get(T.N_PARAMETERS)
+        value = registered_metadata(registry, registry.get_version(pname, pversion)).get(T.N_PARAMETERS)
     except TransientRegistryError:
         raise
     except RegistryError:
@@ -219,7 +231,7 @@ def fetch_candidate(registry: Registry, name: str, version: str, work_dir: Path)
     # Not models:/name/version: MLflow resolves that through the global registry URI.
     local = download(registry, uri, work_dir / "model", f"model {name}/{version}")
     model_path = find_model_file(local, uri)
-    meta = version_meta(registry, name, version, info.tags, info.run_id)
+    meta = version_meta(registry, info)
     model_tags = registry.model_tags(name)
     sets: dict[str, Path | None] = {}
     sources: dict[str, str | None] = {}

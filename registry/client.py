@@ -1,9 +1,9 @@
 """The registry adapter's facade: :class:`Registry`, one :class:`~registry.connection.Connection`
 and a method per operation, each a one-line delegation to the module that does it: version reads
-(:mod:`registry.versions`), claims and leases (:mod:`registry.claims`), publishing verdicts
-(:mod:`registry.publishing`), the alias (:mod:`registry.aliases`), a person's decisions
-(:mod:`registry.reviews`), the audit trail (:mod:`registry.audit`) and webhooks
-(:mod:`registry.webhooks`).
+(:mod:`registry.versions`), the verdicts' figures (:mod:`registry.figures`), claims and leases
+(:mod:`registry.claims`), publishing verdicts (:mod:`registry.publishing`), the alias
+(:mod:`registry.aliases`), a person's decisions (:mod:`registry.reviews`), the audit trail
+(:mod:`registry.audit`) and webhooks (:mod:`registry.webhooks`).
 
 Every method returns mdgate's own types and raises :mod:`registry.errors`, never raw MLflow
 exceptions; nothing outside ``registry/`` touches MLflow client objects (tests read
@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities.webhook import WebhookEventStr
 
 from mdgate.results import ValidationResult
-from registry import aliases, audit, claims, publishing, reviews, versions, webhooks
+from registry import aliases, audit, claims, figures, publishing, reviews, versions, webhooks
 from registry import types as T
 from registry.claims import CLAIM_EXPERIMENT
 from registry.connection import Connection, connect
@@ -71,6 +71,16 @@ class Registry:
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of a model, newest first (:func:`registry.versions.list_versions`)."""
         return versions.list_versions(self.conn, name)
+
+    def versions_where(self, name: str, filter_string: str) -> list[VersionInfo]:
+        """Versions whose verdict's figures match a ``search_logged_models`` filter
+        (:func:`registry.figures.versions_where`).
+        """
+        return figures.versions_where(self.conn, name, filter_string)
+
+    def figures(self, name: str) -> dict[str, dict[str, float]]:
+        """The verdict's figures of each gated version (:func:`registry.figures.figures_by_version`)."""
+        return figures.figures_by_version(self.conn, name)
 
     def model_tags(self, name: str) -> dict[str, str]:
         """Tags of a registered model (:func:`registry.versions.model_tags`)."""

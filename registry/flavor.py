@@ -78,8 +78,8 @@ def save_model(descriptor: Descriptor | str | Path, path: str | Path, mlflow_mod
 
 def log_model(descriptor: Descriptor | str | Path, name: str = "model", registered_model_name: str | None = None,
               **kwargs: Any) -> ModelInfo:
-    """Log a potential as an MLflow model (and register it when ``registered_model_name`` is given,
-    with the descriptor's summary as version tags).
+    """Log a potential as an MLflow model, with the descriptor's summary as the logged model's
+    params (and register it when ``registered_model_name`` is given).
 
     Args:
         descriptor: as :func:`save_model`.
@@ -91,15 +91,9 @@ def log_model(descriptor: Descriptor | str | Path, name: str = "model", register
         MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``).
     """
     d = resolve(descriptor)
-    info = Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__],
-                     registered_model_name=registered_model_name, descriptor=d, **kwargs)
-    if registered_model_name and info.registered_model_version is not None:
-        from mlflow import MlflowClient
-
-        client = MlflowClient()
-        for key, value in d.tags().items():
-            client.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
-    return info
+    params = {**d.summary(), **(kwargs.pop("params", None) or {})}
+    return Model.log(artifact_path=None, name=name, flavor=sys.modules[__name__],
+                     registered_model_name=registered_model_name, descriptor=d, params=params, **kwargs)
 
 
 def load_potential(model_uri: str, device: str = "cpu", dst_path: str | Path | None = None) -> Potential:

@@ -1,13 +1,10 @@
-"""Publishing a verdict: the validation run, description, tags, audit entry, status (last), and
-the alias.
+"""Publishing a verdict: the validation run, its figures, description, tags, audit entry, status
+(last), and the alias.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-
-from mlflow.exceptions import MlflowException
 
 from mdgate.results import ValidationResult, Verdict
 from registry import types as T
@@ -15,19 +12,20 @@ from registry.aliases import update_alias
 from registry.audit import record
 from registry.claims import check_claim, release
 from registry.connection import Connection, translate_errors
+from registry.figures import drop_figures, drop_legacy_tags, log_figures
 from registry.runs import log_validation_run
-from registry.summary import description_markdown, verdict_tags
+from registry.summary import description_markdown
 from registry.text import iso, one_line
-from registry.types import AuditEvent, Claim, EventKind, Publication, Status, VersionInfo, utcnow
+from registry.types import AuditEvent, Claim, EventKind, Publication, Status, utcnow
 from registry.versions import set_tags
 
 
 def publish(conn: Connection, claim: Claim, result: ValidationResult, report_dir: Path, criteria_sha256: str,
             extra_tags: dict[str, str] | None = None, status: Status | None = None,
             reason: str | None = None) -> Publication:
-    """Store a verdict: validation run (params, metrics, artifacts), description, tags,
-    status, alias, and the audit trail's events. The status is written last, after everything
-    else is stored.
+    """Store a verdict: validation run (params, metrics, artifacts), its figures (a logged model,
+    :mod:`registry.figures`), description, tags, status, alias, and the audit trail's events.
+    The status is written last, after everything else is stored.
 
     Args:
         conn: the registry.
@@ -45,9 +43,10 @@ def publish(conn: Connection, claim: Claim, result: ValidationResult, report_dir
             the version is left to that gate.
     """
     check_claim(conn, claim)
-    run_id, exp_id, artifact_uri = log_validation_run(conn, claim, result, report_dir, criteria_sha256)
+    run_id, exp_id, _ = log_validation_run(conn, claim, result, report_dir, criteria_sha256)
     run_url = f"{conn.tracking_uri}/#/experiments/{exp_id}/runs/{run_id}"
-    report_uri = f"{artifact_uri}/report.md"
+    report_uri = f"runs:/{run_id}/report.md"
+    log_figures(conn, claim, result, run_id, criteria_sha256)
     info = check_claim(conn, claim)
     status = status or Status(result.verdict.value)
     reason = one_line(reason if reason is not None else result.reason)
@@ -57,11 +56,12 @@ def publish(conn: Connection, claim: Claim, result: ValidationResult, report_dir
             description=description_markdown(info.description, result, run_url, report_uri),
         )
     tags = {
-        T.REASON: reason, T.REPORT: report_uri, T.VALIDATION_RUN: run_id, T.DECISION: "automatic",
-        T.FLOW_RUN: claim.flow_run or "", T.CRITERIA_SHA256: criteria_sha256,
-        **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
+        T.REASON: reason, T.REPORT: report_uri, T.FLOW_RUN: claim.flow_run or "",
+        T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
     }
-    set_figure_tags(conn, info, result)
+    if result.decided_by:
+        tags[T.DECIDED_BY] = result.decided_by
+    drop_legacy_tags(conn, info, also=() if result.decided_by else (T.DECIDED_BY,))
     set_tags(conn, claim.name, claim.version, tags)
     alias = _settle(conn, claim, AuditEvent(
         model=claim.name, version=claim.version, kind=EventKind.VERDICT, status=status.value, reason=reason,
@@ -82,13 +82,10 @@ def publish_error(conn: Connection, claim: Claim, result: ValidationResult, crit
     if result.verdict != Verdict.ERROR:
         raise ValueError("only an Error is published without a report")
     info = check_claim(conn, claim)
-    with translate_errors(f"clearing the report tags of {claim.name}/{claim.version}"):
-        for key in (T.REPORT, T.VALIDATION_RUN):
-            with contextlib.suppress(MlflowException):  # absent: nothing to clear
-                conn.mlflow.delete_model_version_tag(claim.name, claim.version, key)
-    set_figure_tags(conn, info, result)
+    drop_figures(conn, claim.name, claim.version)
+    drop_legacy_tags(conn, info, also=(T.DECIDED_BY, T.REPORT))
     set_tags(conn, claim.name, claim.version, {
-        T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "", T.DECISION: "automatic",
+        T.REASON: one_line(result.reason), T.FLOW_RUN: claim.flow_run or "",
         T.CRITERIA_SHA256: criteria_sha256, **(extra_tags or {}), T.UPDATED_AT: iso(utcnow()),
     })
     alias = _settle(conn, claim, AuditEvent(
@@ -112,18 +109,3 @@ def _settle(conn: Connection, claim: Claim, event: AuditEvent) -> str | None:
     return update_alias(conn, claim.name, flow_run=claim.flow_run or "",
                         reason=f"v{claim.version} {event.status} by the gate")
 
-
-def set_figure_tags(conn: Connection, info: VersionInfo, result: ValidationResult) -> None:
-    """Write the verdict's searchable figures (:func:`registry.summary.verdict_tags`) and
-    remove those this verdict has none of, so that a re-gate leaves no stale figure behind.
-    Tags that already hold the value (``mdgate.n_parameters`` from registration) are not
-    written again.
-    """
-    with translate_errors(f"tagging {info.name}/{info.version}"):
-        for key, value in verdict_tags(result).items():
-            if value is not None:
-                if info.tags.get(key) != value:
-                    conn.mlflow.set_model_version_tag(info.name, info.version, key, value)
-            elif key in info.tags:
-                with contextlib.suppress(MlflowException):  # removed meanwhile
-                    conn.mlflow.delete_model_version_tag(info.name, info.version, key)

@@ -21,7 +21,7 @@ from mdgate.potentials.schnetpack import SchnetpackPotential, count_parameters, 
 from mdgate.potentials.spec import SPEC_FILE, WEIGHTS_FILE, is_state_dict_model
 from mdgate.potentials.unitcheck import UnitDiagnosis, check_force_units
 from registry import types as T
-from registry.artifacts import file_sha256
+from registry.artifacts import file_sha256, parent_parameters
 from registry.client import Registry
 from registry.connection import experiment_id, translate_errors
 from registry.errors import VersionNotFoundError
@@ -116,12 +116,13 @@ def register_potential(registry: Registry, model_path: str | Path, name: str, pa
         m.parent_n_parameters = _registered_parent_parameters(registry, parent)
     tags = _meta_tags(m, cutoff, module, path)
     run_id = _log_model(registry, path, module, name, tags, training)
-    return _create_version(registry, name, run_id, tags, description)
+    return _create_version(registry, name, run_id, description)
 
 
-def _create_version(registry: Registry, name: str, run_id: str, tags: dict[str, str],
-                    description: str | None) -> VersionInfo:
-    """Register the ``model`` artifact of run ``run_id`` as a new Pending version of ``name``."""
+def _create_version(registry: Registry, name: str, run_id: str, description: str | None) -> VersionInfo:
+    """Register the ``model`` artifact of run ``run_id`` as a new Pending version of ``name`` (its
+    metadata stays the run's params: the versions list shows only the gate's few tags).
+    """
     with translate_errors(f"registering {name}"):
         try:
             registry.client.create_registered_model(name)
@@ -130,14 +131,14 @@ def _create_version(registry: Registry, name: str, run_id: str, tags: dict[str, 
                 raise
         mv = registry.client.create_model_version(
             name, source=f"runs:/{run_id}/model", run_id=run_id,
-            tags={**tags, T.STATUS: Status.PENDING.value, T.UPDATED_AT: iso(utcnow())},
+            tags={T.STATUS: Status.PENDING.value, T.UPDATED_AT: iso(utcnow())},
             description=description,
         )
     return to_info(mv)
 
 
 def _meta_tags(m: ModelMeta, cutoff_A: float, module: torch.nn.Module, path: Path) -> dict[str, str]:
-    """The ``mdgate.*`` metadata tags of a new version (and params of its registration run)."""
+    """The ``mdgate.*`` metadata of a new version: params of its registration run."""
     tags = {
         T.CUTOFF_A: f"{cutoff_A:g}", T.ENERGY_UNIT: m.energy_unit, T.POSITION_UNIT: m.position_unit,
         T.ENERGY_KEY: m.energy_key, T.FORCES_KEY: m.forces_key,
@@ -225,8 +226,7 @@ def _registered_parent_parameters(registry: Registry, parent: str) -> int | None
     if not pname or not pversion.isdigit():
         return None
     try:
-        info = registry.get_version(pname, pversion)
+        registry.get_version(pname, pversion)
     except VersionNotFoundError as e:
         raise MetadataError(f"parent {parent} is not a registered model version") from e
-    value = info.tags.get(T.N_PARAMETERS, "")
-    return int(value) if value.isdigit() else None
+    return parent_parameters(registry, parent)

@@ -9,16 +9,17 @@ from registry.aliases import update_alias
 from registry.audit import record
 from registry.connection import Connection
 from registry.errors import PermanentRegistryError
+from registry.figures import LEGACY_TAGS
 from registry.text import iso, one_line
 from registry.types import AuditEvent, EventKind, Status, VersionInfo, utcnow
-from registry.versions import alias_version, approved_versions, get_version, set_tags
+from registry.versions import alias_version, approved_versions, delete_tags, get_version, set_tags
 
 
 def review(conn: Connection, name: str, version: str, approve: bool, reason: str, by: str,
            flow_run: str = "") -> VersionInfo:
     """A person's decision on a version (any status but a live Running): sets
-    ``mdgate.status``, ``mdgate.decided_by`` (the person), ``mdgate.decision`` (``human``) and
-    ``mdgate.reason``, moves or keeps the alias, and records both in the audit trail.
+    ``mdgate.status``, ``mdgate.decided_by`` (``review/<the person>``) and ``mdgate.reason``,
+    moves or keeps the alias, and records both in the audit trail.
 
     Raises:
         PermanentRegistryError: no reason or reviewer given, or a gate is running on the version.
@@ -68,6 +69,7 @@ def rollback(conn: Connection, name: str, reason: str, by: str) -> tuple[str, st
 
 def _decide(conn: Connection, name: str, version: str, status: Status, by: str, text: str) -> None:
     """Write a person's decision: who and why first, the status last."""
-    set_tags(conn, name, version, {T.DECIDED_BY: by, T.DECISION: "human", T.REASON: text,
+    delete_tags(conn, get_version(conn, name, version), LEGACY_TAGS)
+    set_tags(conn, name, version, {T.DECIDED_BY: f"{T.REVIEW_PREFIX}{by}", T.REASON: text,
                                    T.UPDATED_AT: iso(utcnow())})
     set_tags(conn, name, version, {T.STATUS: status.value})

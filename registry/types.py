@@ -10,31 +10,29 @@ from pydantic import BaseModel, Field
 
 from mdgate.potentials import ModelMeta
 
-# Registry state (a contract, design.md section 4), on the model version.
+# Registry state (a contract, design.md section 4), on the model version. The verdict's figures
+# are metrics of a logged model, not tags (registry.figures).
 STATUS = "mdgate.status"
 REASON = "mdgate.reason"
 REPORT = "mdgate.report"
+"""``runs:/<validation run>/report.md``."""
 VALIDATION_RUN = "mdgate.validation_run"
+"""Written by earlier gates only: the run is in :data:`REPORT`."""
 FLOW_RUN = "mdgate.flow_run"
 CRITERIA_SHA256 = "mdgate.criteria_sha256"
 UPDATED_AT = "mdgate.updated_at"
-# Figures of the verdict, for searching (written on publishing; plain decimal strings).
-FORCE_R2 = "mdgate.force_r2"
-ORACLE_FORCE_R2 = "mdgate.oracle_force_r2"
-WORST_DRIFT = "mdgate.worst_drift_meV_per_atom_per_ps"
-MIN_TIME_TO_FAILURE = "mdgate.min_time_to_failure_ps"
 DECIDED_BY = "mdgate.decided_by"
-"""``stage/check`` that decided an automatic rejection, or the person who decided (a review)."""
-DECISION = "mdgate.decision"
-"""Who decided the status: ``automatic`` (the gate) or ``human`` (``mdgate review``, the
-Prefect review form, ``mdgate rollback``)."""
+"""``stage/check`` that decided an automatic rejection, or ``review/<person>`` when a person
+decided (``mdgate review``, the Prefect review form, ``mdgate rollback``); absent otherwise."""
+REVIEW_PREFIX = "review/"
 # The lease of a Running version: claim generation and expiry (ISO 8601, UTC).
 CLAIM = "mdgate.claim"
 LEASE_EXPIRES_AT = "mdgate.lease_expires_at"
 # Which validation/reference set a gate used, when not the configured one.
 MOLECULES = "mdgate.molecules"
 REFERENCE = "mdgate.reference"
-# Model metadata, on the version (or as params of its source run).
+# Model metadata: params of the version's registration run (a version tag of the same name
+# overrides it).
 CUTOFF_A = "mdgate.cutoff_A"
 ENERGY_UNIT = "mdgate.energy_unit"
 POSITION_UNIT = "mdgate.position_unit"

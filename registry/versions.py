@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from registry import types as T
 from registry.connection import Connection, translate_errors
@@ -28,11 +31,19 @@ def to_info(mv: ModelVersion) -> VersionInfo:
         name=mv.name, version=str(mv.version), status=status, reason=tags.get(T.REASON, ""),
         updated_at=parse_time(tags.get(T.UPDATED_AT)),
         lease_expires_at=parse_time(tags.get(T.LEASE_EXPIRES_AT)),
-        claim=claim, criteria_sha256=tags.get(T.CRITERIA_SHA256), validation_run=tags.get(T.VALIDATION_RUN),
+        claim=claim, criteria_sha256=tags.get(T.CRITERIA_SHA256),
+        validation_run=tags.get(T.VALIDATION_RUN) or run_of(tags.get(T.REPORT)),
         report=tags.get(T.REPORT), flow_run=tags.get(T.FLOW_RUN) or None, source=mv.source or "",
         run_id=mv.run_id or None, created_at=created, description=mv.description or "",
         aliases=list(mv.aliases or []), tags=tags,
     )
+
+
+def run_of(uri: str | None) -> str | None:
+    """The run id in a ``runs:/<run_id>/...`` artifact URI (the report tag), else ``None``."""
+    if not uri or not uri.startswith("runs:/"):
+        return None
+    return uri.removeprefix("runs:/").split("/", 1)[0] or None
 
 
 def get_version(conn: Connection, name: str, version: str | int) -> VersionInfo:
@@ -117,3 +128,12 @@ def write_tags(conn: Connection, name: str, version: str, tags: dict[str, str]) 
     with translate_errors(f"tagging {name}/{version}"):
         for key, value in tags.items():
             conn.mlflow.set_model_version_tag(name, version, key, value)
+
+
+def delete_tags(conn: Connection, info: VersionInfo, keys: Iterable[str]) -> None:
+    """Remove those of ``keys`` that the version has (one already gone is no error)."""
+    with translate_errors(f"tagging {info.name}/{info.version}"):
+        for key in keys:
+            if key in info.tags:
+                with contextlib.suppress(MlflowException):  # removed meanwhile
+                    conn.mlflow.delete_model_version_tag(info.name, info.version, key)

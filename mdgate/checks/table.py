@@ -2,7 +2,7 @@
 whether MD observes it live and stops on it, and how the report and the registry show it.
 
 Config (``mdgate.config``), the MD observers and stop limits (``mdgate.md``), the evaluation
-(``mdgate.checks.evaluate``), the report (``mdgate.report``) and the registry summary and tags
+(``mdgate.checks.evaluate``), the report (``mdgate.report``) and the registry summary and figures
 all read this table. A new check is one row here plus the function that measures it: an MD
 observer (``mdgate.md.observers``) for a check with ``stops_md``, else a trajectory metric
 (``mdgate.checks.metrics``) or a stage's own measurement.
@@ -50,8 +50,8 @@ class CheckSpec:
         stops_md: observed live every record step by an MD observer, recorded as a series and
             reduced over the run; crossing a required bound stops the trajectory.
         column: column header in the summary tables (``None``: report only).
-        tag: registry tag (``mdgate.<tag>``) holding the worst value over the molecules
-            (``None``: no tag).
+        figure: searchable figure of the verdict (a metric of the version's verdict in the
+            registry) holding the worst value over the molecules (``None``: none).
         held: a live check whose bound counts as crossed only when it stays crossed for the
             stage's ``hold_fs`` (a broken bond stays broken; a vibration's overshoot does not), and
             whose value over a run is the worst level it held that long. Not for events that are
@@ -68,7 +68,7 @@ class CheckSpec:
     lower: bool = False
     stops_md: bool = False
     column: str | None = None
-    tag: str | None = None
+    figure: str | None = None
     held: bool = False
     by_rate: bool = True
 
@@ -116,7 +116,7 @@ _SPECS = [
     # ---- energy conservation (NVE stage)
     CheckSpec("drift_slope_meV_per_atom_per_ps", "meV/atom/ps", "Energy drift slope",
               "total energy drifts systematically: forces are not the gradient of the energy, or are too "
-              "rough for the time step", column="drift slope (meV/atom/ps)", tag="worst_drift_meV_per_atom_per_ps"),
+              "rough for the time step", column="drift slope (meV/atom/ps)", figure="worst_drift_meV_per_atom_per_ps"),
     CheckSpec("max_energy_deviation_meV_per_atom", "meV/atom", "Max energy deviation",
               "total energy departs from its initial value by more than the bound: energy is not conserved",
               stops_md=True, column="max |E-E0| (meV/atom)"),
@@ -301,6 +301,6 @@ def summary_columns() -> list[tuple[str, str]]:
     return [(s.column, s.name) for s in _SPECS if s.column]
 
 
-def tagged_checks() -> list[CheckSpec]:
-    """The checks whose worst value is a registry tag."""
-    return [s for s in _SPECS if s.tag]
+def figure_checks() -> list[CheckSpec]:
+    """The checks whose worst value is a searchable figure of the verdict."""
+    return [s for s in _SPECS if s.figure]

@@ -197,8 +197,10 @@ class Descriptor(BaseModel):
                 data[key] = value
         return ModelMeta.model_validate(data)
 
-    def tags(self) -> dict[str, str]:
-        """The descriptor summarised as registry tags (``mdgate.*``; absent fields are left out)."""
+    def summary(self) -> dict[str, str]:
+        """The descriptor summarised as ``mdgate.*`` keys (a logged model's params; absent fields
+        are left out).
+        """
         tags = {"mdgate.descriptor_schema": str(self.schema_version), "mdgate.framework": str(self.framework),
                 "mdgate.energy_unit": self.energy_unit, "mdgate.position_unit": self.length_unit}
         if self.loader:

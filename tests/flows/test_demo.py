@@ -25,6 +25,7 @@ def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: to
     from flows.servers import free_port
     from flows.settings import load_settings
     from registry import Registry, Status
+    from registry.artifacts import registered_metadata
 
     models = tmp_path / "models"
     models.mkdir()
@@ -63,9 +64,10 @@ def test_demo_gates_teacher_and_students(tmp_path: Path, small_set, atomrefs: to
         assert direct["verdict"] == Status.REJECTED.value and direct["deciding check"] and direct["why"]
         assert max(len(line) for line in render_study(table).splitlines()) <= 100
         # students name the teacher as their parent; a re-run registers nothing new
-        teacher = next(v for v in versions if v.tags.get("mdgate.parent") is None)
-        parent = f"{MODEL_NAME}/{teacher.version}"
-        assert all(v.tags.get("mdgate.parent") == parent for v in versions if v is not teacher)
+        parents = {v.version: registered_metadata(reg, v).get("mdgate.parent") for v in versions}
+        teacher = next(v for v in versions if parents[v.version] is None)
+        assert all(parents[v.version] == f"{MODEL_NAME}/{teacher.version}" for v in versions if v is not teacher)
+        assert all(len([k for k in v.tags if k.startswith("mdgate.")]) <= 8 for v in versions)  # readable list
         run_demo(settings, models, timeout_s=300, echo=print)
         assert len(reg.list_versions(MODEL_NAME)) == len(STUDY)
     finally:

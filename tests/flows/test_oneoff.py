@@ -22,7 +22,9 @@ import pytest
 from flows.servers import free_port
 from mdgate.config import load_config
 from registry import Registry, Status
+from registry import figures as F
 from registry import types as T
+from registry.artifacts import registered_metadata
 from registry.register import register_potential
 from tests.integration import REPO_ROOT, MlflowOnly, ModelFile, record_timing
 
@@ -90,15 +92,17 @@ def test_gate_without_prefect_server(mlflow_only: MlflowOnly, gate_config: Path,
     # the searchable figures of each verdict
     res_good = results_json(registry, info_good.validation_run, tmp_path / "good")
     res_bad = results_json(registry, info_bad.validation_run, tmp_path / "bad")
-    tags = info_good.tags
-    assert float(tags[T.FORCE_R2]) >= 0.9 and tags[T.FORCE_R2] == f"{res_good['accuracy']['force_r2']:.4f}"
-    assert tags[T.N_PARAMETERS] == str(res_good["model"]["n_parameters"]) and T.DECIDED_BY not in tags
-    assert float(tags[T.WORST_DRIFT]) >= 0
-    assert tags[T.MIN_TIME_TO_FAILURE] == "0.1000"  # QUICK_STAGES: 0.05 + 0.05 ps, no replica failed
+    figures = registry.figures(name)
+    good_f = figures[info_good.version]
+    assert good_f[F.FORCE_R2] >= 0.9
+    assert good_f[F.FORCE_R2] == pytest.approx(res_good["accuracy"]["force_r2"], rel=1e-12)
+    assert good_f[F.N_PARAMETERS] == res_good["model"]["n_parameters"] and T.DECIDED_BY not in info_good.tags
+    assert good_f[F.WORST_DRIFT] >= 0
+    assert good_f[F.MIN_TIME_TO_FAILURE] == pytest.approx(0.1)  # QUICK_STAGES: 0.05 + 0.05 ps, no replica failed
     oracle = res_good["stages"].get("oracle") or {}
-    assert (T.ORACLE_FORCE_R2 in tags) == bool(oracle.get("ran") and "all" in oracle.get("per_molecule", {}))
+    assert (F.ORACLE_FORCE_R2 in good_f) == bool(oracle.get("ran") and "all" in oracle.get("per_molecule", {}))
     assert info_bad.tags[T.DECIDED_BY] == res_bad["decided_by"] and "/" in res_bad["decided_by"]
-    assert info_bad.tags[T.PARENT] == f"{name}/{good.version}"
+    assert registered_metadata(registry, info_bad)[T.PARENT] == f"{name}/{good.version}"
 
     # Prefect's temporary server recorded the flow runs, with the states named after the verdicts
     db = mlflow_only.home / "mdgate" / "prefect-local.db"

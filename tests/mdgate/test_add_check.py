@@ -28,7 +28,7 @@ PLUGIN = textwrap.dedent('''
 
     add_check(CheckSpec("max_dummy_temperature_hK", "hK", "Dummy: temperature in hectokelvin",
                         "the dummy check's bound was crossed", stops_md=True, column="dummy T (hK)",
-                        tag="max_dummy_temperature_hK"),
+                        figure="max_dummy_temperature_hK"),
               {Stage.NVE: (float(sys.argv[1]), True)})
 
     from mdgate.md.observers import Observation, observer
@@ -46,7 +46,8 @@ PLUGIN = textwrap.dedent('''
     from mdgate.results import Timing
     from mdgate.runner import assemble, model_info
     from mdgate.stages.md import md_limits, run_md
-    from registry.summary import summary_markdown, verdict_tags
+    from registry.figures import verdict_figures
+    from registry.summary import summary_markdown
     from tests.models import MorsePairPotential, quick, tetrahedron
 
     config = GateConfig.model_validate(quick({"md": {"n_steps": 100, "record_every": 5}}))
@@ -62,7 +63,7 @@ PLUGIN = textwrap.dedent('''
         "verdict": result.verdict.value, "decided_by": result.decided_by, "reason": result.reason,
         "in_report": "Dummy: temperature in hectokelvin" in render_markdown(result),
         "in_description": "dummy T (hK)" in summary_markdown(result),
-        "tag": verdict_tags(result).get("mdgate.max_dummy_temperature_hK"),
+        "figure": verdict_figures(result).get("max_dummy_temperature_hK"),
     }))
 ''')
 
@@ -87,11 +88,11 @@ def test_a_new_check_stops_md_decides_and_is_reported_and_tagged(bound_hK: float
     assert seen["verdict"] == "Rejected" and seen["decided_by"] == "nve/max_dummy_temperature_hK"
     assert "max_dummy_temperature_hK" in seen["reason"]
     assert seen["in_report"] and seen["in_description"]
-    assert float(seen["tag"]) > bound_hK
+    assert float(seen["figure"]) > bound_hK
 
 
 def test_a_new_check_within_its_bound_passes_and_is_still_tagged(tmp_path: Path) -> None:
     seen = _run_with_dummy_check(1000.0, tmp_path)
     assert set(seen["failure"]) == {None} and seen["verdict"] == "Approved"
     assert seen["in_report"] and seen["in_description"]
-    assert 0.0 < float(seen["tag"]) < 1000.0
+    assert 0.0 < float(seen["figure"]) < 1000.0

@@ -122,7 +122,7 @@ def test_elements_are_kept_in_periodic_order_and_round_trip_through_yaml(tmp_pat
 
 def test_tags_summarise_the_descriptor() -> None:
     d = parse_descriptor({**MINIMAL, "elements": ["H", "C"], "cutoff_A": 5.2}, "x")
-    assert d.tags() == {
+    assert d.summary() == {
         "mdgate.descriptor_schema": "1", "mdgate.framework": "ase", "mdgate.energy_unit": "eV",
         "mdgate.position_unit": "Angstrom", "mdgate.loader": "some_module:make_calculator",
         "mdgate.elements": "H,C", "mdgate.cutoff_A": "5.2", "mdgate.level_of_theory": "wB97X/6-31G(d)"}
@@ -186,6 +186,6 @@ def test_the_example_descriptors_validate() -> None:
 
 
 def test_tags_of_a_schnetpack_descriptor_name_its_output_keys() -> None:
-    tags = describe(GOOD_MODEL).tags()
+    tags = describe(GOOD_MODEL).summary()
     assert tags["mdgate.energy_key"] == "energy" and tags["mdgate.forces_key"] == "forces"
     assert tags["mdgate.cutoff_A"] == "5" and tags["mdgate.framework"] == "schnetpack"

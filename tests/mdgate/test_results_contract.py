@@ -13,7 +13,7 @@ import pytest
 from mdgate.checks.verdict import decide
 from mdgate.report.markdown import render_markdown
 from mdgate.results import ValidationResult, Verdict, iter_checks
-from registry.summary import summary_markdown, verdict_tags
+from registry.summary import summary_markdown
 
 STORED = Path(__file__).resolve().parents[1] / "data" / "results_before_reshape.json.gz"
 
@@ -46,4 +46,4 @@ def test_a_stored_result_renders_with_every_stage_and_its_failures(stored: Valid
     description = summary_markdown(stored)
     assert "FAIL: max_bond_deviation_A" in description
     assert f"{len(stored.failures)} required check(s) failed:" in description
-    assert verdict_tags(stored)["mdgate.decided_by"] == "stress/max_bond_deviation_A"
+    assert stored.decided_by == "stress/max_bond_deviation_A"

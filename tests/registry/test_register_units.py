@@ -16,6 +16,7 @@ from flows.cli import app
 from mdgate.errors import UnitMismatchError
 from registry import Registry, Status
 from registry import types as T
+from registry.artifacts import registered_metadata
 from registry.register import register_potential
 from tests.mdgate.test_rundir import SPK_RUN
 
@@ -58,7 +59,7 @@ def test_register_without_units_is_refused_like_validate(registry: Registry, tmp
 
 def test_register_best_model_with_its_unit(registry: Registry) -> None:
     v = register_potential(registry, SPK_RUN / "best_model", unique(), meta={"energy_unit": "kcal/mol"})
-    assert v.status == Status.PENDING and v.tags[T.ENERGY_UNIT] == "kcal/mol"
+    assert v.status == Status.PENDING and registered_metadata(registry, v)[T.ENERGY_UNIT] == "kcal/mol"
 
 
 def test_register_run_dir_reads_config_and_logs_it(registry: Registry, tmp_path: Path) -> None:
@@ -69,9 +70,10 @@ def test_register_run_dir_reads_config_and_logs_it(registry: Registry, tmp_path:
                                       "level_of_theory=GFN2-xTB"], env=env)
     assert result.exit_code == 0, result.output
     (v,) = [registry.get_version(name, mv.version) for mv in versions_of(registry, name)]
-    assert v.tags[T.ENERGY_UNIT] == "kcal/mol" and v.tags[T.POSITION_UNIT] == "Angstrom"
-    assert v.tags[T.CUTOFF_A] == "5" and v.tags[T.ENERGY_KEY] == "energy" and v.tags[T.FORCES_KEY] == "forces"
-    assert v.tags[T.LEVEL_OF_THEORY] == "GFN2-xTB"
+    md = registered_metadata(registry, v)
+    assert md[T.ENERGY_UNIT] == "kcal/mol" and md[T.POSITION_UNIT] == "Angstrom"
+    assert md[T.CUTOFF_A] == "5" and md[T.ENERGY_KEY] == "energy" and md[T.FORCES_KEY] == "forces"
+    assert md[T.LEVEL_OF_THEORY] == "GFN2-xTB"
     logged = registry.client.download_artifacts(v.run_id, "training/config.yaml", str(tmp_path))
     assert Path(logged).read_text() == (SPK_RUN / "config.yaml").read_text()
     assert registry.client.get_run(v.run_id).data.tags["mdgate.training_config"] == "training/config.yaml"

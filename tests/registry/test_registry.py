@@ -24,7 +24,7 @@ from mdgate.results import ModelInfo, Timing, ValidationResult, Verdict
 from mdgate.runner import assemble, error_result
 from registry import LeaseLostError, Registry, Status, TransientRegistryError, VersionNotFoundError
 from registry import types as T
-from registry.artifacts import fetch_candidate
+from registry.artifacts import fetch_candidate, registered_metadata
 from registry.claims import take_lock
 from registry.register import register_potential
 from tests.integration import ModelFile
@@ -67,15 +67,17 @@ def test_register_writes_metadata_and_pending(registry: Registry, bad_model: Mod
     v = register_potential(registry, bad_model.path, name, parent=f"{parent}/{pv.version}",
                            meta={"level_of_theory": "GFN2-xTB"}, description="a student")
     assert v.status == Status.PENDING
-    assert v.tags[T.CUTOFF_A] == "5"  # read from the model's cutoff function
-    assert v.tags[T.ENERGY_UNIT] == "eV" and v.tags[T.POSITION_UNIT] == "Angstrom"
-    assert v.tags[T.FORCES_KEY] == "forces" and v.tags[T.PARENT] == f"{parent}/{pv.version}"
-    assert v.tags[T.PARENT_N_PARAMETERS] == v.tags[T.N_PARAMETERS]
+    assert set(v.tags) == {T.STATUS, T.UPDATED_AT}  # the metadata are the registration run's params
+    md = registered_metadata(registry, v)
+    assert md[T.CUTOFF_A] == "5"  # read from the model's cutoff function
+    assert md[T.ENERGY_UNIT] == "eV" and md[T.POSITION_UNIT] == "Angstrom"
+    assert md[T.FORCES_KEY] == "forces" and md[T.PARENT] == f"{parent}/{pv.version}"
+    assert md[T.PARENT_N_PARAMETERS] == md[T.N_PARAMETERS]
     candidate = fetch_candidate(registry, name, v.version, tmp_path)
     assert candidate.model_path.name == "model.pth"  # the mlflow.pytorch flavor
     assert isinstance(load_module(candidate.model_path), torch.nn.Module)
     assert candidate.meta.cutoff_A == 5.0 and candidate.meta.level_of_theory == "GFN2-xTB"
-    assert candidate.meta.parent_n_parameters == int(v.tags[T.N_PARAMETERS])
+    assert candidate.meta.parent_n_parameters == int(md[T.N_PARAMETERS])
     assert registry.get_version(name, v.version).description == "a student"
 
 

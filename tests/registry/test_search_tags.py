@@ -1,5 +1,6 @@
-"""The tags consumers search on: written with each verdict, and the docs'
-``search_model_versions`` queries run as written against a real ``mlflow server``.
+"""What consumers search on: the version's few tags and the verdict's figures (metrics of a
+logged model), written with each verdict; the docs' ``search_model_versions`` and
+``search_logged_models`` queries run as written against a real ``mlflow server``.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from mdgate.config import GateConfig
 from mdgate.results import (
@@ -22,8 +22,10 @@ from mdgate.results import (
     Verdict,
 )
 from registry import Registry
+from registry import figures as F
 from registry import types as T
-from registry.summary import decimal, min_time_to_failure_ps, verdict_tags
+from registry.figures import figures_of, verdict_figures, verdict_params
+from registry.summary import min_time_to_failure_ps
 from tests.integration import MlflowOnly
 from tests.registry.test_registry import plain_version
 
@@ -64,22 +66,22 @@ def result(verdict: Verdict = Verdict.APPROVED, *, r2: float | None = 0.9731, or
     )
 
 
-def test_verdict_tags_are_plain_decimals() -> None:
-    tags = verdict_tags(result())
-    assert tags == {
-        T.FORCE_R2: "0.9731", T.ORACLE_FORCE_R2: "0.9500", T.WORST_DRIFT: "0.1230",
-        T.MIN_TIME_TO_FAILURE: "0.1000",  # no replica failed: the stage's 200 steps × 0.5 fs
-        T.DECIDED_BY: None, T.N_PARAMETERS: "44353", T.PARENT: "painn-teacher/3",
+def test_verdict_figures_are_the_worst_values() -> None:
+    figures = verdict_figures(result())
+    assert figures == {
+        F.FORCE_R2: 0.9731, F.ORACLE_FORCE_R2: 0.95, F.WORST_DRIFT: 0.123,
+        F.MIN_TIME_TO_FAILURE: pytest.approx(0.1),  # no replica failed: the stage's 200 steps × 0.5 fs
+        F.N_PARAMETERS: 44353.0,
     }
-    rejected = verdict_tags(result(Verdict.REJECTED, r2=-3.25, failures=(0.0625, None, 0.03125),
-                                   decided_by="stress/completion", oracle_r2=None))
-    assert rejected[T.MIN_TIME_TO_FAILURE] == "0.0312" and rejected[T.DECIDED_BY] == "stress/completion"
-    assert rejected[T.FORCE_R2] == "-3.2500" and rejected[T.ORACLE_FORCE_R2] is None
-    assert decimal(-1e-9) == "0.0000" and decimal(float("nan")) is None and decimal(1234567.0) == "1234567.0000"
-    assert decimal(2.5e-5) == "0.0000" and "e" not in decimal(1e22)
+    rejected = verdict_figures(result(Verdict.REJECTED, r2=-3.25, failures=(0.0625, None, 0.03125),
+                                      decided_by="stress/completion", oracle_r2=None))
+    assert rejected[F.MIN_TIME_TO_FAILURE] == 0.03125 and rejected[F.FORCE_R2] == -3.25
+    assert F.ORACLE_FORCE_R2 not in rejected
+    assert F.FORCE_R2 not in verdict_figures(result(r2=float("nan")))  # finite figures only
+    assert verdict_params(result()) == {"parent": "painn-teacher/3", "energy_unit": "eV", "position_unit": "Angstrom"}
     no_stress = result()
     no_stress.stages["stress"].ran = False
-    assert min_time_to_failure_ps(no_stress) is None
+    assert min_time_to_failure_ps(no_stress) is None and F.MIN_TIME_TO_FAILURE not in verdict_figures(no_stress)
 
 
 def publish(registry: Registry, name: str, version: str, res: ValidationResult, report: Path,
@@ -111,34 +113,59 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     def versions(query: str) -> list[str]:
         return sorted(mv.version for mv in client.search_model_versions(query))
 
-    # The queries of docs/search.md, as written there.
+    # The version tags: a handful, what a person reads in the versions list.
+    for v in (v_ok, v_stress, v_acc, v_old):
+        own = {k for k in registry.get_version(name, v).tags if k.startswith("mdgate.")}
+        assert own <= {T.STATUS, T.REASON, T.DECIDED_BY, T.CRITERIA_SHA256, T.REPORT, T.FLOW_RUN, T.CLAIM,
+                       T.UPDATED_AT}, own
+    # The queries of docs/search.md, as written there: status and decision on the version...
     assert versions(f"name='painn-student' AND tags.`mdgate.status` = 'Approved' "
                     f"AND tags.`mdgate.criteria_sha256` = '{sha}'") == [v_ok]
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == [v_stress]
     assert versions("name='painn-student' AND tags.`mdgate.status` = 'Rejected'") == sorted([v_stress, v_acc])
-    assert versions("tags.`mdgate.parent` = 'painn-teacher/3' AND tags.`mdgate.status` = 'Approved'") \
-        == sorted([v_ok, v_old])
-    assert versions("name='painn-student' AND tags.`mdgate.force_r2` LIKE '0.99%'") == [v_ok]
-    assert versions("name='painn-student' AND tags.`mdgate.worst_drift_meV_per_atom_per_ps` LIKE '0.0%'") == [v_ok]
     assert versions("name LIKE 'painn-%' AND tags.`mdgate.decided_by` != ''") == sorted([v_stress, v_acc])
-    approved = client.search_model_versions("name='painn-student' AND tags.`mdgate.status` = 'Approved'")
-    good = [mv.version for mv in approved if float(mv.tags.get("mdgate.force_r2", "nan")) >= 0.99]
-    assert good == [v_ok]
-    ttf = {mv.version: mv.tags["mdgate.min_time_to_failure_ps"]
-           for mv in client.search_model_versions("name='painn-student'")}
-    assert ttf[v_stress] == "0.0425" and ttf[v_ok] == "0.1000"
-    # What MLflow's grammar refuses on tags: ordering comparisons, OR, IN.
-    for query in ("tags.`mdgate.force_r2` >= '0.99'", "tags.`mdgate.force_r2` > 0.99",
-                  "tags.`mdgate.status` = 'Approved' OR tags.`mdgate.status` = 'Rejected'",
-                  "tags.`mdgate.status` IN ('Approved', 'Rejected')"):
-        with pytest.raises(MlflowException):
-            client.search_model_versions(query)
+    # ...and the figures, by value, on the verdicts' logged models in the experiment "mdgate".
+    exp = client.get_experiment_by_name("mdgate").experiment_id
+
+    def found(query: str) -> list[str]:
+        return sorted(m.tags["mdgate.version"] for m in client.search_logged_models([exp], filter_string=query))
+
+    assert found("tags.`mdgate.model` = 'painn-student' AND metrics.force_r2 >= 0.99") == [v_ok]
+    assert found("metrics.worst_drift_meV_per_atom_per_ps < 0.1 AND metrics.min_time_to_failure_ps >= 0.1") \
+        == [v_ok]
+    assert found("params.parent = 'painn-teacher/3' AND tags.`mdgate.verdict` = 'Approved'") == sorted([v_ok, v_old])
+    assert found(f"tags.`mdgate.criteria_sha256` = '{sha}' AND metrics.force_r2 < 0.5") == [v_acc]
+    # From a logged model to the version's current status.
+    [best] = client.search_logged_models([exp], filter_string="metrics.force_r2 >= 0.99")
+    mv = client.get_model_version(best.tags["mdgate.model"], best.tags["mdgate.version"])
+    assert mv.tags["mdgate.status"] == "Approved" and best.source_run_id == mv.tags["mdgate.report"].split("/")[1]
+    ttf = {m.tags["mdgate.version"]: figures_of(m)["min_time_to_failure_ps"]
+           for m in client.search_logged_models([exp])}
+    assert ttf[v_stress] == pytest.approx(0.0425) and ttf[v_ok] == pytest.approx(0.1)
+    # The same through mdgate: the versions whose figures match, with their status.
+    assert [v.version for v in registry.versions_where(name, "metrics.force_r2 >= 0.99")] == [v_ok]
 
     # A re-gate leaves no figure of the earlier verdict behind.
     publish(registry, name, v_stress, result(r2=None, oracle_r2=None), report, force=True)
     tags = registry.get_version(name, v_stress).tags
-    assert T.DECIDED_BY not in tags and T.FORCE_R2 not in tags and T.ORACLE_FORCE_R2 not in tags
-    assert tags[T.STATUS] == "Approved" and tags[T.MIN_TIME_TO_FAILURE] == "0.1000"
-    assert tags[T.N_PARAMETERS] == "44353" and tags[T.PARENT] == "painn-teacher/3"  # unchanged: kept
+    assert T.DECIDED_BY not in tags and tags[T.STATUS] == "Approved"
+    [again] = client.search_logged_models([exp], filter_string=f"tags.`mdgate.version` = '{v_stress}'")
+    assert "force_r2" not in figures_of(again) and figures_of(again)["min_time_to_failure_ps"] == pytest.approx(0.1)
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
 
+
+def test_a_version_gated_before_loses_its_figure_tags(mlflow_only: MlflowOnly, tmp_path: Path) -> None:
+    registry = Registry(mlflow_only.tracking_uri)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# report\n")
+    version = plain_version(registry, "painn-old", {"model.pt": b"never loaded"})
+    old = {"mdgate.force_r2": "0.9000", "mdgate.worst_drift_meV_per_atom_per_ps": "0.2000",
+           "mdgate.validation_run": "abc", "mdgate.decision": "automatic", "mdgate.parent": "painn-teacher/3"}
+    registry.set_tags("painn-old", version, old)
+    publish(registry, "painn-old", version, result(), report)
+    tags = registry.get_version("painn-old", version).tags
+    assert not {"mdgate.force_r2", "mdgate.worst_drift_meV_per_atom_per_ps", "mdgate.validation_run",
+                "mdgate.decision"} & set(tags)
+    assert tags["mdgate.parent"] == "painn-teacher/3"  # metadata a person set is theirs
+    assert registry.get_version("painn-old", version).validation_run == tags[T.REPORT].split("/")[1]
