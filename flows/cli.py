@@ -171,9 +171,14 @@ def status(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str | None, typer.Option(help="Only this version.")] = None,
     config: Annotated[Path | None, typer.Option(help="Current gate config [default: MDGATE_CONFIG, else packaged].")] = None,
+    where: Annotated[str | None, typer.Option(
+        help="Only versions whose verdict's figures match this filter, e.g. 'metrics.force_r2 >= 0.99 AND "
+             "metrics.min_time_to_failure_ps >= 2' (MLflow's search_logged_models syntax).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """The verdicts of a model's versions, from MLflow; flags verdicts made under other criteria."""
+    """The verdicts of a model's versions and their figures, from MLflow; flags verdicts made
+    under other criteria.
+    """
     settings = exported_settings(config)
     # after the export (see the module docstring)
     from registry import Registry, RegistryError
@@ -182,27 +187,41 @@ def status(
         current = load_config(settings.config).sha256()
         reg = Registry(settings.tracking_uri, settings.experiment)
         versions = [reg.get_version(name, version)] if version else reg.list_versions(name)
+        figures = reg.figures(name)
+        if where:
+            versions = [v for v in reg.versions_where(name, where) if v.version in {u.version for u in versions}]
     except (MdgateError, RegistryError) as e:
         raise fail(str(e)) from None
-    rows = []
-    for v in versions:
-        criteria = "-" if not v.criteria_sha256 else ("current" if v.criteria_sha256 == current
-                                                     else f"OTHER ({v.criteria_sha256[:8]})")
-        rows.append({"version": v.version, "status": v.status.value if v.status else "-", "reason": v.reason,
-                     "updated": v.updated_at.isoformat(timespec="seconds") if v.updated_at else "-",
-                     "criteria": criteria, "aliases": ",".join(v.aliases)})
+    rows = [_status_row(v, current, figures.get(v.version, {})) for v in versions]
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
+    columns = ("version", "status", "reason", "force R²", "TTF (ps)", "updated", "criteria", "aliases")
     table = Table(title=f"{name} ({settings.tracking_uri})")
-    for col in ("version", "status", "reason", "updated", "criteria", "aliases"):
-        table.add_column(col, overflow="fold", max_width=70 if col == "reason" else None)
+    for col in columns:
+        table.add_column(col, overflow="fold", max_width=60 if col == "reason" else None)
     for row in rows:
-        table.add_row(*(row[c] for c in ("version", "status", "reason", "updated", "criteria", "aliases")))
+        f = row["figures"]
+        shown = {**row, "force R²": _figure(f.get("force_r2")), "TTF (ps)": _figure(f.get("min_time_to_failure_ps"))}
+        table.add_row(*(str(shown[c]) for c in columns))
     Console().print(table)
     if any(r["criteria"].startswith("OTHER") for r in rows):
         typer.echo("OTHER: judged under other criteria than the current config; re-gate with "
                    "`mdgate gate NAME VERSION --force`")
+
+
+def _status_row(v, current: str, figures: dict[str, float]) -> dict:
+    """One version's row of ``mdgate status``."""
+    criteria = "-" if not v.criteria_sha256 else ("current" if v.criteria_sha256 == current
+                                                 else f"OTHER ({v.criteria_sha256[:8]})")
+    return {"version": v.version, "status": v.status.value if v.status else "-", "reason": v.reason,
+            "decided_by": v.tags.get("mdgate.decided_by", ""), "figures": figures,
+            "updated": v.updated_at.isoformat(timespec="seconds") if v.updated_at else "-",
+            "criteria": criteria, "aliases": ",".join(v.aliases)}
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 @app.command()

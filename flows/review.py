@@ -36,7 +36,7 @@ class ReviewInput(RunInput):
     decision: Literal["approve", "reject"] = Field(description="approve: the version becomes Approved; "
                                                                "reject: Rejected")
     reason: str = Field(min_length=1, description="Why (recorded as mdgate.reason and in the audit trail)")
-    reviewer: str = Field(default="", description="Your name (recorded as mdgate.decided_by)")
+    reviewer: str = Field(default="", description="Your name (recorded as mdgate.decided_by = review/<name>)")
 
 
 def wait_for_review(settings: Settings, name: str, version: str, flow_run: str | None) -> tuple[str, str]:

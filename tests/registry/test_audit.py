@@ -72,7 +72,7 @@ def test_review_history_and_rollback(mlflow_only: MlflowOnly, tmp_path: Path) ->
     assert code == 0, out
     assert registry.alias_version(name) == v2
     rolled = registry.get_version(name, v3)
-    assert rolled.status == Status.REJECTED and rolled.tags[T.DECIDED_BY] == "carol"
+    assert rolled.status == Status.REJECTED and rolled.tags[T.DECIDED_BY] == "review/carol"
 
     # (d) the history: every decision and alias move, in order
     code, out = cli(uri, "history", name, "--json")

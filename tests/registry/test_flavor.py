@@ -22,6 +22,7 @@ from mdgate.errors import ModelLoadError
 from mdgate.md.initial import maxwell_boltzmann
 from mdgate.molecules import Molecule
 from mdgate.potentials import load
+from mdgate.potentials.describe import resolve
 from mdgate.potentials.predict import predict
 from registry import flavor
 from tests.integration import MlflowOnly
@@ -45,6 +46,7 @@ def approve(client: MlflowClient, source: Path, model_name: str) -> str:
     """Log and register ``source`` and point ``approved`` at the new version; return its URI."""
     info = flavor.log_model(source, name="model", registered_model_name=model_name)
     client.set_registered_model_alias(model_name, "approved", str(info.registered_model_version))
+    assert client.get_logged_model(info.model_id).params == resolve(source).summary()  # the descriptor's
     return f"models:/{model_name}@approved"
 
 
@@ -63,9 +65,8 @@ def test_a_schnetpack_model_loads_from_the_approved_alias_and_runs_md(
     name = f"flavor-{uuid.uuid4().hex[:8]}"
     uri = approve(tracking, GOOD_MODEL, name)
     version = tracking.get_model_version_by_alias(name, "approved")
-    params = tracking.get_logged_model(version.model_id).params  # the descriptor's summary
-    assert params["mdgate.framework"] == "schnetpack" and params["mdgate.cutoff_A"] == "5"
-    assert not [k for k in version.tags if k.startswith("mdgate.")]  # the gate's tags only
+    assert not [k for k in version.tags if k.startswith("mdgate.")]  # the summary is the logged model's
+    assert resolve(GOOD_MODEL).summary()["mdgate.cutoff_A"] == "5"
 
     calc = flavor.load_model(uri, dst_path=tmp_path / "dl")
     assert (tmp_path / "dl" / "potential" / "mdgate.yaml").is_file()
@@ -91,9 +92,8 @@ def test_ani1x_loads_from_the_approved_alias_and_runs_md(
     pytest.importorskip("torchani", exc_type=ImportError)
     name = f"flavor-ani-{uuid.uuid4().hex[:8]}"
     uri = approve(tracking, ANI, name)
-    version = tracking.get_model_version_by_alias(name, "approved")
-    params = tracking.get_logged_model(version.model_id).params
-    assert params["mdgate.level_of_theory"] == "wB97X/6-31G(d)" and params["mdgate.elements"] == "H,C,N,O"
+    summary = resolve(ANI).summary()
+    assert summary["mdgate.level_of_theory"] == "wB97X/6-31G(d)" and summary["mdgate.elements"] == "H,C,N,O"
     e0, e10 = ten_steps_of_md(flavor.load_model(uri), packaged_molecules[0])
     assert np.isfinite([e0, e10]).all() and abs(e10 - e0) / len(packaged_molecules[0].atoms) < 5e-3
     predicted = mlflow.pyfunc.load_model(uri).predict([m.atoms for m in packaged_molecules[:2]])

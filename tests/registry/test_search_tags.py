@@ -5,11 +5,14 @@ logged model), written with each verdict; the docs' ``search_model_versions`` an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from flows.cli import app
 from mdgate.config import GateConfig
 from mdgate.results import (
     AccuracyResult,
@@ -128,7 +131,9 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     exp = client.get_experiment_by_name("mdgate").experiment_id
 
     def found(query: str) -> list[str]:
-        return sorted(m.tags["mdgate.version"] for m in client.search_logged_models([exp], filter_string=query))
+        # (other tests publish into the same server: their models are left out)
+        return sorted(m.tags["mdgate.version"] for m in client.search_logged_models([exp], filter_string=query)
+                      if m.tags["mdgate.model"] == name)
 
     assert found("tags.`mdgate.model` = 'painn-student' AND metrics.force_r2 >= 0.99") == [v_ok]
     assert found("metrics.worst_drift_meV_per_atom_per_ps < 0.1 AND metrics.min_time_to_failure_ps >= 0.1") \
@@ -136,14 +141,23 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     assert found("params.parent = 'painn-teacher/3' AND tags.`mdgate.verdict` = 'Approved'") == sorted([v_ok, v_old])
     assert found(f"tags.`mdgate.criteria_sha256` = '{sha}' AND metrics.force_r2 < 0.5") == [v_acc]
     # From a logged model to the version's current status.
-    [best] = client.search_logged_models([exp], filter_string="metrics.force_r2 >= 0.99")
+    [best] = client.search_logged_models([exp], filter_string=f"tags.`mdgate.model` = '{name}' "
+                                                              "AND metrics.force_r2 >= 0.99")
     mv = client.get_model_version(best.tags["mdgate.model"], best.tags["mdgate.version"])
     assert mv.tags["mdgate.status"] == "Approved" and best.source_run_id == mv.tags["mdgate.report"].split("/")[1]
     ttf = {m.tags["mdgate.version"]: figures_of(m)["min_time_to_failure_ps"]
-           for m in client.search_logged_models([exp])}
+           for m in client.search_logged_models([exp], filter_string=f"tags.`mdgate.model` = '{name}'")}
     assert ttf[v_stress] == pytest.approx(0.0425) and ttf[v_ok] == pytest.approx(0.1)
     # The same through mdgate: the versions whose figures match, with their status.
     assert [v.version for v in registry.versions_where(name, "metrics.force_r2 >= 0.99")] == [v_ok]
+    env = {"MDGATE_TRACKING_URI": mlflow_only.tracking_uri}
+    out = CliRunner().invoke(app, ["status", name, "--where", "metrics.force_r2 >= 0.99", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    [row] = json.loads(out.output)
+    assert row["version"] == v_ok and row["status"] == "Approved"
+    assert row["figures"]["force_r2"] == pytest.approx(0.9931)
+    out = CliRunner().invoke(app, ["status", name, "--where", "metrics.force_r2 >>> 1"], env=env)
+    assert out.exit_code != 0 and "force_r2" in out.output  # a malformed filter is a clear error
 
     # A re-gate leaves no figure of the earlier verdict behind.
     publish(registry, name, v_stress, result(r2=None, oracle_r2=None), report, force=True)
@@ -152,6 +166,10 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     [again] = client.search_logged_models([exp], filter_string=f"tags.`mdgate.version` = '{v_stress}'")
     assert "force_r2" not in figures_of(again) and figures_of(again)["min_time_to_failure_ps"] == pytest.approx(0.1)
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
+    # A person's decision is on the version; the verdict's logged model keeps the gate's.
+    registry.review(name, v_acc, approve=True, reason="R² judged on the wrong set", by="alice")
+    assert versions("tags.`mdgate.decided_by` LIKE 'review/%'") == [v_acc]
+    assert found(f"tags.`mdgate.version` = '{v_acc}' AND tags.`mdgate.verdict` = 'Rejected'") == [v_acc]
 
 
 def test_a_version_gated_before_loses_its_figure_tags(mlflow_only: MlflowOnly, tmp_path: Path) -> None:
