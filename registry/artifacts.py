@@ -254,7 +254,7 @@ def file_sha256(path: Path) -> str:
 
 
 def stored_result(registry: Registry, info: VersionInfo, dst: Path) -> ValidationResult | None:
-    """The ``results.json`` of a version's validation run (``mdgate.validation_run``), or ``None``
+    """The ``results.json`` of a version's validation run (named in ``mdgate.report``), or ``None``
     when it has none or it cannot be read as a result.
     """
     if not info.validation_run:

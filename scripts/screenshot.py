@@ -7,6 +7,14 @@ panels (the MLflow version page's tag table) are unrolled so every row shows, bu
     .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17/versions/6" \
         docs/mlflow_version_rejected.png --height 1960 --wait-for mdgate.status --click 'button[aria-label="Close"]'
 
+The model's versions list, and the Prefect UI's runs while the demo's gates wait (shoot it
+during ``make demo``, once versions show Queued)::
+
+    .venv/bin/python scripts/screenshot.py "http://127.0.0.1:5000/#/models/painn-md17" \
+        docs/mlflow_versions_list.png --height 1100 --wait-for "Version 6"
+    .venv/bin/python scripts/screenshot.py "http://127.0.0.1:4200/runs" docs/prefect_runs_waiting.png \
+        --height 1100 --wait-for Queued
+
 ``--prefect-review FLOW_RUN_ID`` shoots the Prefect UI's review form of a gate flow run paused for a
 person's decision (``MDGATE_REVIEW``): it opens the run's page, waits until the run shows Paused,
 presses its Resume button and waits for the form built from ``ReviewInput``::

@@ -26,7 +26,7 @@ from flows.cli import app
 from flows.settings import SWEEP_FLOW, load_settings
 from flows.webhook import sign
 from mdgate.config import load_config
-from registry import Registry, Status
+from registry import Registry, Status, figures
 from registry import types as T
 from registry.register import register_potential
 from tests.integration import (
@@ -403,7 +403,9 @@ def test_a_descriptor_logged_with_the_flavor_is_gated_through_the_webhook(served
     info, _ = wait_for_status(registry, name, version)
     assert info.status in (Status.APPROVED, Status.REJECTED), info.reason
     assert info.report  # the report is stored with the verdict
-    assert registry.get_version(name, version).tags.get(T.LEVEL_OF_THEORY) == "EMT"
+    # the verdict's logged model says what was judged: the descriptor's level of theory
+    [judged] = figures.search_figures(registry.conn, f"tags.`mdgate.model` = '{name}'")
+    assert judged.params["level_of_theory"] == "EMT" and judged.tags["mdgate.verdict"] == info.status.value
 
 
 MACE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mace"
