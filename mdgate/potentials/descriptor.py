@@ -54,6 +54,8 @@ class Framework(StrEnum):
     """Any ASE ``Calculator``, called per molecule (the fallback)."""
     ANI = "ani"
     """A torchani model (``model((species, coordinates)).energies``), batched."""
+    TORCHSIM = "torchsim"
+    """A TorchSim ``ModelInterface`` (``model(state)`` → energy, forces), batched."""
 
 
 class Descriptor(BaseModel):
@@ -134,7 +136,7 @@ class Descriptor(BaseModel):
 
     @model_validator(mode="after")
     def _framework_needs(self) -> Descriptor:
-        if self.framework in (Framework.ASE, Framework.ANI) and self.loader is None:
+        if self.framework in (Framework.ASE, Framework.ANI, Framework.TORCHSIM) and self.loader is None:
             raise ValueError(f"field 'loader' is required for framework '{self.framework}' (a module:callable)")
         if self.framework == Framework.SCHNETPACK:
             if self.loader is None and not self.weights:

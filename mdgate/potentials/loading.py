@@ -103,11 +103,18 @@ def _ani(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> Loade
     return TorchaniPotential(call_loader(descriptor, device), descriptor, meta, device)
 
 
+def _torchsim(descriptor: Descriptor, meta: ModelMeta, device: torch.device) -> LoadedPotential:
+    from mdgate.potentials.torchsim import TorchSimPotential  # torch_sim is imported only for these models
+
+    return TorchSimPotential(call_loader(descriptor, device), descriptor, meta, device)
+
+
 #: The adapter of each framework: ``(descriptor, meta, device) -> Potential``.
 ADAPTERS: dict[Framework, Callable[[Descriptor, ModelMeta, torch.device], LoadedPotential]] = {
     Framework.SCHNETPACK: _schnetpack,
     Framework.ASE: _ase,
     Framework.ANI: _ani,
+    Framework.TORCHSIM: _torchsim,
 }
 
 
