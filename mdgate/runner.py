@@ -195,8 +195,7 @@ def run_pipeline(inputs: Inputs, config: GateConfig, meta: ModelMeta, source: st
     """
     stage = run_stage or _direct
     pot = inputs.potential
-    # The loaded model's metadata: ``meta`` with what its descriptor declares (level of theory...)
-    meta = getattr(pot, "meta", None) or meta
+    meta = getattr(pot, "meta", None) or meta  # ``meta`` with what the descriptor declares
     t0 = time.perf_counter()
     stages: dict[str, StageResult] = {}
     timing = Timing(device=str(pot.device))

@@ -163,7 +163,8 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     publish(registry, name, v_stress, result(r2=None, oracle_r2=None), report, force=True)
     tags = registry.get_version(name, v_stress).tags
     assert T.DECIDED_BY not in tags and tags[T.STATUS] == "Approved"
-    [again] = client.search_logged_models([exp], filter_string=f"tags.`mdgate.version` = '{v_stress}'")
+    [again] = client.search_logged_models(
+        [exp], filter_string=f"tags.`mdgate.model` = '{name}' AND tags.`mdgate.version` = '{v_stress}'")
     assert "force_r2" not in figures_of(again) and figures_of(again)["min_time_to_failure_ps"] == pytest.approx(0.1)
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
     # A person's decision is on the version; the verdict's logged model keeps the gate's.
