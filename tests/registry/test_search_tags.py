@@ -169,7 +169,7 @@ def test_readme_queries_on_published_verdicts(mlflow_only: MlflowOnly, tmp_path:
     assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'stress/%'") == []
     # A person's decision is on the version; the verdict's logged model keeps the gate's.
     registry.review(name, v_acc, approve=True, reason="R² judged on the wrong set", by="alice")
-    assert versions("tags.`mdgate.decided_by` LIKE 'review/%'") == [v_acc]
+    assert versions("name='painn-student' AND tags.`mdgate.decided_by` LIKE 'review/%'") == [v_acc]
     assert found(f"tags.`mdgate.version` = '{v_acc}' AND tags.`mdgate.verdict` = 'Rejected'") == [v_acc]
 
 
