@@ -66,6 +66,7 @@ def verdict_figures(result: ValidationResult) -> dict[str, float]:
         COMPRESSION_RATIO: result.model.compression_ratio,
     }
     for spec in figure_checks():
+        assert spec.figure is not None
         values = [pc.check.value for pc in iter_checks(result) if pc.check.name == spec.name
                   and pc.molecule is not None and pc.check.value is not None]
         figures[spec.figure] = (min(values) if spec.lower else max(values)) if values else None
